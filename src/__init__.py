@@ -1,0 +1,1 @@
+"""Deep Residual Learning (He et al., CVPR 2016) in JAX/Flax."""

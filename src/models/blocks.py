@@ -1,0 +1,193 @@
+"""The paper's building blocks (Sec. 3 and Fig. 2, 5): conv -> BN -> ReLU, the shortcut added before the
+block's last ReLU, shortcut options A/B/C, and a plain counterpart that is the same block with no shortcut.
+
+Every 3x3 (and bottleneck 1x1) response after BN and before the ReLU/addition is `sow`n into the
+'intermediates' collection under the name 'bn_response': that is what Fig. 7 plots.
+"""
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+SHORTCUTS = ("A", "B", "C")
+
+# He et al. 2015 ("MSRA") init, std = sqrt(2 / fan_in): Caffe's MSRAFiller default, which the paper used.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm whose training statistics are taken over groups of `group_size` examples.
+
+  The paper computes BN statistics per GPU (64 images on CIFAR, 32 on ImageNet). Grouping the batch
+  reproduces exactly that, independent of how many devices run the job: with the batch sharded across
+  devices in order, each group lies on one device and XLA needs no communication for it. group_size=None
+  (or >= the batch) gives statistics over the whole (global) batch, i.e. synchronised BN.
+  Running averages are the mean over groups. Statistics are computed in float32 whatever the dtype.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  group_size: Optional[int] = None
+  scale_init: Callable = nn.initializers.ones
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    c = x.shape[-1]
+    scale = self.param("scale", self.scale_init, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+    xf = x.astype(jnp.float32)
+    if train:
+      b = x.shape[0]
+      g = b if not self.group_size or self.group_size >= b else self.group_size
+      if b % g:
+        raise ValueError(f"BatchNorm: batch {b} is not divisible by bn_group_size {g}")
+      xg = xf.reshape((b // g, g) + x.shape[1:])
+      axes = tuple(range(1, xg.ndim - 1))
+      mean = xg.mean(axes, keepdims=True)
+      var = jnp.square(xg - mean).mean(axes, keepdims=True)  # two-pass: stable for large activations
+      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
+        ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
+    else:
+      y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)
+
+
+def _pad(k):
+  # Caffe/Torch style symmetric padding k//2: with stride 2 on even inputs, 'SAME' would pad (0, 1) instead.
+  return [(k // 2, k // 2)] * 2
+
+
+class ConvBN(nn.Module):
+  """k x k conv (no bias: BN follows) -> BN; the response is sown for Fig. 7."""
+  filters: int
+  kernel: int
+  conv: Callable
+  norm: Callable
+  strides: int = 1
+  scale_init: Optional[Callable] = None
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = self.conv(self.filters, (self.kernel, self.kernel), (self.strides, self.strides),
+                  padding=_pad(self.kernel), name="conv")(x)
+    norm = self.norm if self.scale_init is None else functools.partial(self.norm, scale_init=self.scale_init)
+    x = norm(name="bn")(x, train)
+    self.sow("intermediates", "bn_response", x)
+    return x
+
+
+def shortcut(x, filters: int, strides: int, option: str, conv, norm, train):
+  """The identity branch (eq. 1) or, where the options ask for it, the projection W_s x (eq. 2)."""
+  needs_change = strides != 1 or x.shape[-1] != filters
+  if option == "C" or (option == "B" and needs_change):
+    return ConvBN(filters, 1, conv, norm, strides, name="projection")(x, train)
+  if not needs_change:
+    return x
+  # Option A: parameter-free. Subsample by the stride, pad the new channels with zeros.
+  x = x[:, ::strides, ::strides, :]
+  return jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])])
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (Fig. 5 left). residual=False is the plain counterpart."""
+  filters: int
+  conv: Callable
+  norm: Callable
+  strides: int = 1
+  residual: bool = True
+  shortcut: str = "A"
+  zero_init_residual: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train):
+    last_init = nn.initializers.zeros if self.zero_init_residual else None
+    y = nn.relu(ConvBN(self.filters, 3, self.conv, self.norm, self.strides, name="conv1")(x, train))
+    y = ConvBN(self.filters, 3, self.conv, self.norm, scale_init=last_init, name="conv2")(y, train)
+    if self.residual:
+      y = y + shortcut(x, self.filters, self.strides, self.shortcut, self.conv, self.norm, train)
+    return nn.relu(y)
+
+
+class Bottleneck(nn.Module):
+  """1x1 (w) -> 3x3 (w) -> 1x1 (4w) (Fig. 5 right). The paper (v1) strides the first 1x1;
+  stride_on_3x3=True gives the later "v1.5" variant."""
+  filters: int
+  conv: Callable
+  norm: Callable
+  strides: int = 1
+  residual: bool = True
+  shortcut: str = "B"
+  zero_init_residual: bool = False
+  stride_on_3x3: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train):
+    s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+    last_init = nn.initializers.zeros if self.zero_init_residual else None
+    y = nn.relu(ConvBN(self.filters, 1, self.conv, self.norm, s1, name="conv1")(x, train))
+    y = nn.relu(ConvBN(self.filters, 3, self.conv, self.norm, s3, name="conv2")(y, train))
+    y = ConvBN(4 * self.filters, 1, self.conv, self.norm, scale_init=last_init, name="conv3")(y, train)
+    if self.residual:
+      y = y + shortcut(x, 4 * self.filters, self.strides, self.shortcut, self.conv, self.norm, train)
+    return nn.relu(y)
+
+
+class _ScanBody(nn.Module):
+  """Adapts a block to nn.scan's (carry, x) -> (carry, y) signature."""
+  block: Callable
+  train: bool
+
+  @nn.compact
+  def __call__(self, x, _):
+    return self.block(name="block")(x, self.train), None
+
+
+class Stage(nn.Module):
+  """`num_blocks` blocks of one width; the first may downsample. With scan=True, the identical
+  blocks 2..n run as one `nn.scan` (stacked params), so compile time does not grow with depth."""
+  block: Callable  # functools.partial of BasicBlock/Bottleneck with everything but `strides`
+  num_blocks: int
+  strides: int
+  scan: bool = True
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = self.block(strides=self.strides, name="block0")(x, train)
+    rest = self.num_blocks - 1
+    if rest == 0:
+      return x
+    if self.scan:
+      scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                        split_rngs={"params": True}, length=rest)
+      x, _ = scanned(self.block, train, name="blocks")(x, None)
+      return x
+    for i in range(1, self.num_blocks):
+      x = self.block(name=f"block{i}")(x, train)
+    return x
+
+
+def make_conv_norm(*, dtype, bn_momentum, bn_epsilon, bn_group_size, conv_general_dilated=None):
+  """The conv and BN constructors every model shares (He init, no conv bias, BN in float32)."""
+  extra = {} if conv_general_dilated is None else {"conv_general_dilated": conv_general_dilated}
+  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype, **extra)
+  norm = functools.partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size,
+                           dtype=dtype)
+  return conv, norm
+
+
+def count_params(params) -> int:
+  return sum(int(p.size) for p in jax.tree.leaves(params))
+
+
+def stage_specs(widths: Sequence[int], blocks: Sequence[int]):
+  """(width, num_blocks, stride) per stage: the first stage keeps the resolution, the others halve it."""
+  return [(w, n, 1 if i == 0 else 2) for i, (w, n) in enumerate(zip(widths, blocks))]
