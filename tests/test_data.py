@@ -8,7 +8,7 @@ from jax.experimental import multihost_utils
 from numpy.lib.stride_tricks import sliding_window_view
 
 from src.data import DatasetMissingError, cifar, combine_means, get_dataset, mnist5k
-from tests.fake_cifar import LABEL_NAMES, fake_cifar10_arrays, fake_cifar10_dir  # noqa: F401 (fixture)
+from tests.fake_cifar import LABEL_NAMES, fake_cifar10_arrays
 
 VAL = 100  # fake data: 600 train -> 500 train / 100 val, 200 test
 

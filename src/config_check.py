@@ -1,0 +1,89 @@
+"""Up-front validation of a run's config: every problem is found before data loading or compilation and
+reported with the field's name and its valid values. Nothing on disk is touched."""
+import os
+
+import jax
+
+from src import models
+
+DATASETS = ("cifar10", "mnist5k")
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def _check(ok, field, message):
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _positive_int(config, field):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+         f"must be a positive integer, got {value!r}.")
+  return value
+
+
+def validate(config, *, device_count=None, process_count=None):
+  device_count = device_count or jax.device_count()
+  process_count = process_count or jax.process_count()
+  m = config.model
+  try:
+    models.parse_name(m.name)
+  except ValueError as e:
+    raise ConfigError(f"config.model.name: {e}") from None
+  _check(m.shortcut in (None,) + models.SHORTCUTS, "model.shortcut",
+         f"must be one of {list(models.SHORTCUTS)} (or None for the paper's default), got {m.shortcut!r}.")
+  _check(m.dtype in models.DTYPES, "model.dtype", f"must be one of {sorted(models.DTYPES)}, got {m.dtype!r}.")
+  _check(config.data.name in DATASETS, "data.name", f"must be one of {list(DATASETS)}, got {config.data.name!r}.")
+  _check(isinstance(config.data.val_size, int) and config.data.val_size >= 0, "data.val_size",
+         f"must be an integer >= 0 (0 trains on the whole train split), got {config.data.val_size!r}.")
+  batch = _positive_int(config, "batch_size")
+  _check(batch % device_count == 0, "batch_size",
+         f"{batch} is not divisible by the {device_count} devices of this job; use a multiple of {device_count}.")
+  _check(batch % process_count == 0, "batch_size", f"{batch} is not divisible by the {process_count} processes.")
+  eval_batch = _positive_int(config, "eval_batch_size")
+  _check(eval_batch % device_count == 0, "eval_batch_size",
+         f"{eval_batch} is not divisible by the {device_count} devices; use a multiple of {device_count}.")
+  group = m.bn_group_size
+  if group:
+    _check(isinstance(group, int) and group > 0 and batch % group == 0, "model.bn_group_size",
+           f"must divide batch_size {batch} (the paper: 64 of 128 on CIFAR), or be 0 for synchronised BN; "
+           f"got {group!r}.")
+    per_device = batch // device_count
+    _check(per_device % group == 0 or group % per_device == 0, "model.bn_group_size",
+           f"{group} neither divides nor is a multiple of the per-device batch {per_device}: BN groups would "
+           "straddle devices.")
+  _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = off), got {m.conv_chunk!r}.")
+  steps = _positive_int(config, "num_steps")
+  for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    _positive_int(config, field)
+  _check(config.eval_every % config.log_every == 0, "eval_every",
+         f"{config.eval_every} must be a multiple of log_every ({config.log_every}).")
+  s = config.schedule
+  _check(s.base_lr > 0, "schedule.base_lr", f"must be > 0, got {s.base_lr!r}.")
+  _check(list(s.boundaries) == sorted(s.boundaries) and all(0 < b for b in s.boundaries), "schedule.boundaries",
+         f"must be increasing positive step numbers, got {list(s.boundaries)!r}.")
+  _check(0 < s.factor <= 1, "schedule.factor", f"must be in (0, 1], got {s.factor!r}.")
+  _check(s.warmup_lr >= 0, "schedule.warmup_lr", f"must be >= 0 (0 = no warm-up), got {s.warmup_lr!r}.")
+  _check(0 < s.warmup_until_error <= 1, "schedule.warmup_until_error",
+         f"is a training error fraction in (0, 1] (paper: 0.8), got {s.warmup_until_error!r}.")
+  o = config.optim
+  _check(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum!r}.")
+  _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay!r}.")
+  _check(o.momentum_form in ("caffe", "optax"), "optim.momentum_form",
+         f"must be 'caffe' (v = m v + lr g) or 'optax' (v = m v + g; w -= lr v), got {o.momentum_form!r}.")
+  del steps
+
+
+def check_workdir(workdir: str):
+  """The workdir must be creatable and writable; checked before anything runs."""
+  path = os.path.abspath(workdir)
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe) or not os.access(probe, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir={workdir}: {probe} is not a writable directory; choose a workdir you can write to.")

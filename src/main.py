@@ -1,0 +1,54 @@
+"""Entry point: `python -m src.main --config=configs/cifar_depth_sweep.py[:arg] [--workdir=...] [--config.x=y]`.
+
+Flags only; the work is in src/train.py (one run) and src/sweep.py (a config with a `sweep` list).
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by tfds) is chatty on import
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go; a job started "
+                               "again in the same workdir resumes. Default: runs/<config name>[-<arg>].")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process jobs "
+                                   "without TPU/SLURM auto-detection, e.g. launch/local.py).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+
+
+def default_workdir():
+  """runs/<config file name>[-<arg>], e.g. runs/cifar_depth_sweep-mnist5k."""
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  path, _, arg = spec.partition(":")
+  name = os.path.splitext(os.path.basename(path))[0]
+  return os.path.join("runs", name + (f"-{arg}" if arg else ""))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
+  from src import parallel  # imported here so `--help` stays fast
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from src.config_check import ConfigError, check_workdir
+  from src.data import DatasetMissingError
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir()
+  try:
+    check_workdir(workdir)
+    if config.get("sweep"):
+      from src.sweep import run_sweep
+      run_sweep(config, workdir)
+    else:
+      from src.train import train_and_evaluate
+      train_and_evaluate(config, workdir)
+  except (ConfigError, DatasetMissingError) as e:  # bad input: the message is the whole story
+    raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,83 @@
+"""A sweep: several runs of one config, each in `<workdir>/<name>/`, then a results table beside the paper's.
+
+`config.sweep` is a list of {"name": ..., <dotted field>: value, ...} overrides. Runs that finished
+(result.json present) are skipped, so a sweep started again continues at the run it was in.
+"""
+import copy
+import csv
+import json
+import os
+
+from src import paper
+from src.config_check import validate
+from src.train import train_and_evaluate
+
+
+def run_config(config, overrides: dict):
+  """The config of one run: `config` without its sweep, with dotted-name overrides applied."""
+  run = copy.deepcopy(config)
+  with run.unlocked():
+    del run["sweep"]
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    target = run
+    for part in parents:
+      target = target[part]
+    if leaf not in target:
+      raise KeyError(f"sweep override {key!r}: no such config field.")
+    target[leaf] = value
+  return run
+
+
+def run_sweep(config, workdir: str, log=print):
+  runs = [run_config(config, overrides) for overrides in config.sweep]
+  for run in runs:  # every run's config is checked before the first one starts
+    validate(run)
+  results = []
+  for i, run in enumerate(runs):
+    run_dir = os.path.join(workdir, run.name)
+    result_path = os.path.join(run_dir, "result.json")
+    if os.path.exists(result_path):
+      with open(result_path) as f:
+        results.append(json.load(f))
+      log(f"[{i + 1}/{len(runs)}] {run.name}: done already, skipped.")
+      continue
+    log(f"[{i + 1}/{len(runs)}] {run.name}: training {run.model.name} for {run.num_steps} steps in {run_dir}")
+    results.append(train_and_evaluate(run, run_dir))
+  write_results(results, workdir)
+  return results
+
+
+COLUMNS = ("name", "model", "params", "steps", "train/error", "val/error", "test/error", "paper test error",
+           "wall_time_s")
+
+
+def write_results(results, workdir: str):
+  rows = []
+  for r in results:
+    row = {k: r.get(k) for k in COLUMNS}
+    row["paper test error"] = paper.CIFAR_TEST_ERROR.get(r["model"])
+    rows.append(row)
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+
+  def fmt(key, v):
+    if v is None:
+      return "-"
+    if key.endswith("/error") or key == "paper test error":
+      return f"{100 * v:.2f}" if key != "paper test error" else f"{v:.2f}"
+    if key == "params":
+      return f"{v / 1e6:.2f}M"
+    if key == "wall_time_s":
+      return f"{v / 60:.1f} min"
+    return str(v)
+
+  header = ["run", "model", "params", "steps", "train err %", "val err %", "test err %", "paper test err %",
+            "wall time"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(fmt(k, row[k]) for k in COLUMNS) + " |" for row in rows]
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write("# Results\n\nFinal errors of each run; the paper's column is Table 6 (CIFAR-10 test error).\n\n")
+    f.write("\n".join(lines) + "\n")

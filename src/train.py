@@ -1,0 +1,199 @@
+"""The one train loop: config -> data, model, optimiser -> jit-compiled SPMD steps -> metrics, checkpoints.
+
+`train_and_evaluate(config, workdir)` trains one run and returns its final metrics. Started again in the
+same workdir, it resumes from the newest checkpoint: model, optimiser, warm-up flag and data position
+(the batch of step s is a pure function of (seed, s)), so a resumed run is bitwise the uninterrupted one.
+"""
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from src import checkpoint, data, metrics, models, optim, parallel
+from src.config_check import validate
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  warmup_done: jax.Array  # ResNet-110's warm-up has ended (sticky)
+
+
+def normalize(images, mean):
+  """uint8 images -> float, per-pixel mean subtracted (Sec. 4.2), scaled to about [-1, 1]."""
+  return (images.astype(jnp.float32) - mean) / 255.0
+
+
+def create_state(config, model, image_shape, mesh):
+  def init():
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1,) + tuple(image_shape)), train=False)
+    tx = optim.make_optimizer(config, variables["params"])
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
+                      warmup_done=jnp.zeros((), bool))
+  state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
+  return state, optim.make_optimizer(config, state.params)
+
+
+def make_train_step(config, model, tx, mean):
+  schedule = optim.make_schedule(config)
+
+  def train_step(state: TrainState, batch):
+    images, labels = normalize(batch["image"], mean), batch["label"]
+    lr = optim.learning_rate(schedule, config, state.step, state.warmup_done)
+
+    def loss_fn(params):
+      logits, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
+                                     mutable=["batch_stats"])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, (logits, new_vars["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    opt_state = state.opt_state
+    opt_state.hyperparams["learning_rate"] = lr
+    updates, opt_state = tx.update(grads, opt_state, state.params)
+    error = jnp.mean(jnp.argmax(logits, -1) != labels)
+    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                           batch_stats=batch_stats, opt_state=opt_state,
+                           warmup_done=optim.warmup_finished(config, state.step, state.warmup_done, error))
+    return new_state, {"train/loss": loss, "train/error": error, "lr": lr}
+
+  return train_step
+
+
+def make_eval_step(model, mean):
+  def eval_step(state: TrainState, batch):
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         normalize(batch["image"], mean), train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    wrong = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
+    return {"wrong": jnp.sum(wrong * mask), "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+  return eval_step
+
+
+def evaluate(eval_step, state, ds, split, local_batch, mesh) -> dict:
+  totals = None
+  for batch in ds.eval_batches(split, local_batch):
+    out = eval_step(state, parallel.global_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  n = float(totals["count"])
+  return {f"{split}/error": float(totals["wrong"]) / n, f"{split}/loss": float(totals["loss"]) / n}
+
+
+class _Preemption:
+  """SIGTERM (preemption on TPU pods / SLURM): finish the current step, save, exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._old)
+
+
+class DivergedError(FloatingPointError):
+  pass
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
+  mesh = parallel.make_mesh()
+  pid, nproc = jax.process_index(), jax.process_count()
+  local_batch = config.batch_size // nproc
+  main_process = pid == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
+  model = models.model_from_config(config.model, num_classes=ds.num_classes)
+  state, tx = create_state(config, model, ds.image_shape, mesh)
+  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+                                 keep_best="val" in ds.splits, async_save=config.async_checkpoints)
+  start = 0
+  if ckpts.latest_step() is not None:
+    state, meta = ckpts.restore(ckpts.latest_step(), checkpoint.abstract(state))
+    start = int(meta["step"])
+    if main_process:
+      print(f"Resumed from {ckpts.directory} at step {start}.", flush=True)
+  if main_process:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  writer = metrics.MetricWriter(workdir, resume_step=start, enabled=main_process)
+  mean = jnp.asarray(ds.mean)
+  replicated = parallel.replicated(mesh)
+  train_step = jax.jit(make_train_step(config, model, tx, mean), donate_argnums=0,
+                       out_shardings=(replicated, replicated))
+  eval_step = jax.jit(make_eval_step(model, mean), out_shardings=replicated)
+  eval_batch = config.eval_batch_size // nproc
+
+  progress = metrics.Progress(config.num_steps, start, enabled=main_process, name=config.get("name", ""))
+  preempt = _Preemption()
+  # With several CPU devices, XLA's collectives abort if too many steps are in flight: wait now and then.
+  sync_every = 16 if jax.devices()[0].platform == "cpu" and jax.device_count() > 1 else 0
+  pending, t_start, last = [], time.time(), {}
+  step = start
+  try:
+    while step < config.num_steps:
+      batch = parallel.global_batch(ds.train_batch(step, local_batch), mesh)
+      state, step_metrics = train_step(state, batch)
+      pending.append(step_metrics)
+      step += 1
+      done = step == config.num_steps
+      if sync_every and step % sync_every == 0:
+        jax.block_until_ready(step_metrics)
+      log_now = step % config.log_every == 0 or done or preempt.requested
+      ckpt_now = step % config.checkpoint_every == 0 or done or preempt.requested
+      if log_now or ckpt_now:
+        logged = jax.device_get(pending)
+        pending = []
+        row = {k: float(np.mean([m[k] for m in logged])) for k in ("train/loss", "train/error")}
+        row["lr"] = float(logged[-1]["lr"])
+        if not np.isfinite(row["train/loss"]):
+          raise DivergedError(
+              f"Training diverged: train loss is {row['train/loss']} in the {len(logged)} steps up to step {step}. "
+              f"No checkpoint was written after step {ckpts.latest_step()}. Lower schedule.base_lr or "
+              "check the data.")
+        row["steps_per_sec"] = progress.rate(step)
+        row["images_per_sec"] = row["steps_per_sec"] * config.batch_size
+        progress.update(step, row["train/loss"], row["train/error"], row["lr"], row["steps_per_sec"], final=done)
+        if step % config.eval_every == 0 or done:
+          for split in ds.splits:
+            row.update(evaluate(eval_step, state, ds, split, eval_batch, mesh))
+          progress.message("  ".join(f"{k} {100 * v:.2f}%" for k, v in row.items() if k.endswith("/error")))
+        writer.write(step, row)
+        last.update(row)
+        if ckpt_now:
+          val = {"val/error": row["val/error"]} if "val/error" in row else None
+          ckpts.save(step, state, {"step": step, "seed": config.seed, "data_position": step}, metrics=val,
+                     force=True)
+        progress.restart(step)
+        if preempt.requested and not done:
+          ckpts.wait()
+          progress.message(f"SIGTERM: saved the checkpoint of step {step}; exiting. Start again to resume.")
+          raise SystemExit(0)
+  finally:
+    preempt.restore()
+    ckpts.close()
+    writer.close()
+
+  result = {"name": config.get("name", ""), "model": config.model.name, "steps": step,
+            "params": models.count_params(state.params), "wall_time_s": time.time() - t_start,
+            "resumed_from": start, **{k: v for k, v in last.items() if "/" in k}}
+  if main_process:
+    with open(os.path.join(workdir, "result.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  return result
