@@ -46,7 +46,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.model.conv_chunk = 0                   # >0: conv weight grads in batch chunks (faster on CPU, same maths)
 
   c.batch_size = 128
-  c.eval_batch_size = 500
+  c.eval_batch_size = 1024                 # a power of two: divisible by any device count up to 1024
   c.num_steps = 64_000                     # about 182 epochs of 45k images
 
   c.schedule = ml_collections.ConfigDict()

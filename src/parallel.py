@@ -24,8 +24,9 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
     jax.distributed.initialize()
 
 
-def make_mesh():
-  return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(devices=None):
+  """A 1-D mesh over all devices of all processes: the batch axis is split across it."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
 def replicated(mesh):

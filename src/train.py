@@ -4,6 +4,7 @@
 same workdir, it resumes from the newest checkpoint: model, optimiser, warm-up flag and data position
 (the batch of step s is a pure function of (seed, s)), so a resumed run is bitwise the uninterrupted one.
 """
+import hashlib
 import json
 import os
 import signal
@@ -119,6 +120,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
+  if nproc > 1:  # each process reads its own shard; say which, so a mis-sharded job is easy to spot
+    print(f"process {pid}/{nproc}: {len(ds.train_labels)} of {ds.num_train} training examples, "
+          f"shard fingerprint {hashlib.sha1(ds.train_images[:256].tobytes()).hexdigest()[:12]}, "
+          f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
   model = models.model_from_config(config.model, num_classes=ds.num_classes)
   state, tx = create_state(config, model, ds.image_shape, mesh)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,

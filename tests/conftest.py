@@ -14,7 +14,7 @@ def tiny_cifar_args(data_dir, workdir, steps=30, depth=8, **extra):
   """A few dozen steps of the real recipe on the fake CIFAR-10: small nets, batch 32."""
   args = [f"--config=configs/cifar_resnet.py:depth={depth}", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}", "--config.data.val_size=100", "--config.batch_size=32",
-          "--config.eval_batch_size=100", "--config.model.bn_group_size=16", f"--config.num_steps={steps}",
+          "--config.eval_batch_size=64", "--config.model.bn_group_size=16", f"--config.num_steps={steps}",
           "--config.log_every=5", "--config.eval_every=10", "--config.checkpoint_every=10",
           f"--config.schedule.boundaries=({steps // 2},{steps * 3 // 4})"]
   return args + [f"--config.{k}={v}" for k, v in extra.items()]
@@ -32,11 +32,18 @@ def run_main(args, timeout=300, env=None, check=True):
 
 def load_state(run_dir, step=None):
   """The train state saved in a run's checkpoint (newest if step is None), as numpy arrays."""
+  import jax
   import orbax.checkpoint as ocp
   ckpt_dir = os.path.join(run_dir, "checkpoints")
   steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
   step = steps[-1] if step is None else step
-  return ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), "state"))
+  path = os.path.join(ckpt_dir, str(step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto this process's first device, whatever devices wrote it.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return checkpointer.restore(path, target)
 
 
 def assert_trees_bitwise_equal(a, b):
