@@ -162,6 +162,13 @@ def unroll(scanned_params):
   return out
 
 
+def test_scan_auto_unrolls_short_stages_and_scans_long_ones():
+  names = lambda name: set(abstract_params(name)["stage1"])
+  assert names("cifar_resnet110") == {f"block{i}" for i in range(18)}  # 18 blocks: unrolled
+  assert names("cifar_resnet1202") == {"block0", "blocks"}  # 200 blocks: scanned
+  assert set(abstract_params("resnet152")["conv4_x"]) == {"block0", "blocks"}  # 36 blocks
+
+
 def test_scan_is_the_same_network():
   scanned, unrolled = get_model("cifar_resnet32", scan=True), get_model("cifar_resnet32", scan=False)
   variables = init(scanned, (32, 32, 3))
@@ -175,7 +182,7 @@ def test_scan_is_the_same_network():
 
 @pytest.mark.parametrize("name", ["cifar_resnet110", "cifar_plain110"])
 def test_gradients_reach_the_first_layer_of_110_layers(name):
-  model = get_model(name)
+  model = get_model(name, scan=True)
   variables = init(model, (32, 32, 3))
   x = jax.random.normal(jax.random.key(4), (8, 32, 32, 3))
   y = jnp.arange(8) % 10

