@@ -46,7 +46,8 @@ def commands(args, main_args):
     install = (f"mkdir -p {remote} && tar -xzf ~/{TARBALL} -C {remote} && cd {remote}"
                f" && {py} -m pip install -r requirements.txt && {py} -m pip install {q(JAX_TPU)}")
     # The remote shell re-parses --command, so each src.main argument is quoted once more inside it.
-    run = " ".join([f"cd {remote} && {py} -m src.main", *map(q, main_args)])
+    # --multihost: every worker joins JAX's multi-controller runtime (jax.distributed.initialize()).
+    run = " ".join([f"cd {remote} && {py} -m src.main --multihost", *map(q, main_args)])
     return [
         pack,
         gcloud(args, "scp", [tarball, f"{args.name}:{TARBALL}"], "--worker=all"),

@@ -16,6 +16,8 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of pr
                                    "without TPU/SLURM auto-detection, e.g. launch/local.py).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job whose cluster JAX detects (TPU pod "
+                               "slices; launch/tpu_pod.py sets it). SLURM jobs of several tasks join anyway.")
 
 
 def default_workdir():
@@ -32,7 +34,7 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
   from src import parallel  # imported here so `--help` stays fast
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from src.config_check import ConfigError, check_workdir
   from src.data import DatasetMissingError
   config = _CONFIG.value

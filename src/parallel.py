@@ -8,19 +8,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
-def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None):
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None, multihost=False):
   """Starts JAX's multi-controller runtime when the job has several processes.
 
-  Explicit flags (launch/local.py) win; otherwise JAX auto-detects TPU pods and SLURM. On a single
-  machine without either, nothing happens.
+  Explicit coordinator flags (launch/local.py) win; `multihost` (TPU pods: launch/tpu_pod.py) and SLURM
+  jobs of several tasks let JAX detect the cluster itself. A single process starts nothing.
   """
   import os
   if coordinator_address:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
-  elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    jax.distributed.initialize()
-  elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:  # multi-host TPU slice
+  elif multihost or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
 
 

@@ -90,10 +90,10 @@ INSTALL = ("mkdir -p ~/resnet && tar -xzf ~/resnet-code.tar.gz -C ~/resnet && cd
 
 def test_tpu_pod_dry_run_prints_exact_commands():
     out = run_script(*TPU, "--create", "--accelerator-type=v4-32", "--version=tpu-ubuntu2204-base", "--spot",
-                     "--dry-run", "--", "--config=configs/cifar10.py", "--workdir=gs://b/run 1")
+                     "--dry-run", "--", "--config=configs/cifar_resnet.py", "--workdir=gs://b/run 1")
     tarball = os.path.join(tempfile.gettempdir(), "my-tpu-resnet-code.tar.gz")
     repo = shlex.quote(str(REPO))
-    run = "cd ~/resnet && python3 -m src.main --config=configs/cifar10.py '--workdir=gs://b/run 1'"
+    run = "cd ~/resnet && python3 -m src.main --multihost --config=configs/cifar_resnet.py '--workdir=gs://b/run 1'"
     assert out.splitlines() == [
         "gcloud compute tpus tpu-vm describe my-tpu --zone=us-central2-b --project=proj",
         "gcloud compute tpus tpu-vm create my-tpu --zone=us-central2-b --project=proj"
@@ -116,7 +116,7 @@ def test_tpu_pod_dry_run_prints_exact_commands():
 def test_tpu_pod_without_create_and_delete():
     out = run_script(*TPU, "--preemptible", "--dry-run")  # no --create: no describe/create, straight to copying
     assert [c[:2] for c in split_commands(out)] == [["git", "-C"], GC[:2], GC[:2], GC[:2]]
-    assert split_commands(out)[-1][-1] == "--command=cd ~/resnet && python3 -m src.main"
+    assert split_commands(out)[-1][-1] == "--command=cd ~/resnet && python3 -m src.main --multihost"
     out = run_script(*TPU, "--delete", "--dry-run", "--", "--ignored")
     assert out == "gcloud compute tpus tpu-vm delete my-tpu --zone=us-central2-b --project=proj --quiet\n"
     res = subprocess.run([sys.executable, *TPU, "--create", "--dry-run"], cwd=REPO, capture_output=True, text=True)
@@ -129,8 +129,8 @@ def test_tpu_pod_hostile_args_reach_src_main_unchanged(fake, tmp_path):
     remote = "~/'my runs/r'\"'\"'1'"  # ~ left for the remote shell to expand, the rest quoted
     cmds = split_commands(out)
     assert shlex.split(cmds[-1][-1].removeprefix("--command=")) == [
-        "cd", "~/my runs/r'1", "&&", "python3", "-m", "src.main", *HOSTILE]
-    assert cmds[-1][-1] == f"--command=cd {remote} && python3 -m src.main {shlex.join(HOSTILE)}"
+        "cd", "~/my runs/r'1", "&&", "python3", "-m", "src.main", "--multihost", *HOSTILE]
+    assert cmds[-1][-1] == f"--command=cd {remote} && python3 -m src.main --multihost {shlex.join(HOSTILE)}"
 
     # Paste the whole dry run into bash with recording fakes: bash must hand gcloud exactly the parsed argv.
     make("gcloud", "git", "tar")
@@ -141,7 +141,7 @@ def test_tpu_pod_hostile_args_reach_src_main_unchanged(fake, tmp_path):
     (Path(env["HOME"]) / "my runs" / "r'1").mkdir(parents=True)
     make("python3")
     subprocess.run(["bash", "-c", cmds[-1][-1].removeprefix("--command=")], env=env, cwd=tmp_path, check=True)
-    assert records()[-1]["argv"] == ["python3", "-m", "src.main", *HOSTILE]
+    assert records()[-1]["argv"] == ["python3", "-m", "src.main", "--multihost", *HOSTILE]
     assert records()[-1]["cwd"] == str(Path(env["HOME"]) / "my runs" / "r'1")
     assert not list(tmp_path.rglob("pwned"))  # no backtick ever ran
 
