@@ -5,6 +5,7 @@ the last `keep` checkpoints and the best one on validation error are kept.
 On multi-host jobs every process calls save/restore: each writes and reads its own shards.
 """
 import os
+import shutil
 
 import jax
 import orbax.checkpoint as ocp
@@ -22,6 +23,7 @@ class Checkpoints:
         preservation_policy=policies.AnyPreservationPolicy(keepers),
         enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     self.directory = os.path.abspath(directory)
+    self.in_flight = None  # step of the newest save started
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
   def all_steps(self):
@@ -31,8 +33,15 @@ class Checkpoints:
     return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict, metrics: dict = None, force: bool = False) -> bool:
+    self.check()  # a failed previous save is reported as that save's failure
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-    return self.manager.save(step, args=args, metrics=metrics, force=force)
+    saved = self.manager.save(step, args=args, metrics=metrics, force=force)  # waits for the previous save
+    self.in_flight = step
+    return saved
+
+  def check(self):
+    """Raises the error of a failed asynchronous save, if any."""
+    self.manager.check_for_errors()
 
   def restore(self, step: int, abstract_state):
     """Restores onto the shardings of `abstract_state` (which may be on a different number of devices)."""
@@ -40,8 +49,31 @@ class Checkpoints:
                                                              meta=ocp.args.JsonRestore()))
     return out["state"], out["meta"]
 
+  def restore_latest(self, abstract_state, log=print):
+    """(step, state, meta) of the newest checkpoint that reads back, or None if there is none.
+
+    A checkpoint that fails to read (a truncated or missing file: a disk that filled up, a copy cut short)
+    is moved aside to `<directory>.unreadable/<step>`, never deleted, and the next older one is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return (step, *self.restore(step, abstract_state))
+      except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint
+        aside = os.path.join(self.directory + ".unreadable", str(step))
+        log(f"Checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {str(e)[:300]}); "
+            f"moved it to {aside} and trying the next older one.")
+        if jax.process_index() == 0:
+          os.makedirs(os.path.dirname(aside), exist_ok=True)
+          shutil.move(os.path.join(self.directory, str(step)), aside)
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
+        self.manager.reload()
+    return None
+
   def wait(self):
     self.manager.wait_until_finished()
+    self.check()
 
   def close(self):
     self.manager.wait_until_finished()

@@ -37,6 +37,7 @@ def main(argv):
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from src.config_check import ConfigError, check_workdir
   from src.data import DatasetMissingError
+  from src.train import CheckpointWriteError, DivergedError
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir()
   try:
@@ -47,7 +48,7 @@ def main(argv):
     else:
       from src.train import train_and_evaluate
       train_and_evaluate(config, workdir)
-  except (ConfigError, DatasetMissingError) as e:  # bad input: the message is the whole story
+  except (ConfigError, DatasetMissingError, DivergedError, CheckpointWriteError) as e:  # the message says it all
     raise SystemExit(f"error: {e}") from None
 
 

@@ -4,6 +4,7 @@
 same workdir, it resumes from the newest checkpoint: model, optimiser, warm-up flag and data position
 (the batch of step s is a pure function of (seed, s)), so a resumed run is bitwise the uninterrupted one.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 
 from src import checkpoint, data, metrics, models, optim, parallel
-from src.config_check import validate
+from src.config_check import ConfigError, validate
 
 
 @flax.struct.dataclass
@@ -111,12 +112,49 @@ class DivergedError(FloatingPointError):
   pass
 
 
+class CheckpointWriteError(OSError):
+  pass
+
+
+def check_same_run(config, workdir):
+  """A workdir holds one run: resuming it with a different model or data would mix two experiments."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  for block in ("model", "data"):
+    now, then = json.loads(config[block].to_json()), dict(saved.get(block, {}))
+    for moved in ("data_dir", "manual_dir"):  # where the files live is not part of the experiment
+      now.pop(moved, None), then.pop(moved, None)
+    if then != now:
+      diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+      raise ConfigError(f"{workdir} holds a run with a different config.{block} (fields differ: {diff}); "
+                        "use another --workdir for a new experiment, or the original config to resume.")
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(ckpts, step):
+  """A failed save (full disk, lost permissions; async saves fail at the next save or wait) becomes one clear
+  error. Orbax writes into a temporary directory and renames it when complete, so older checkpoints stay
+  intact and the half-written one is cleaned up at the next start."""
+  try:
+    yield
+  except Exception as e:
+    failed = ckpts.in_flight if ckpts.in_flight is not None else step  # async: it may be the previous save
+    raise CheckpointWriteError(
+        f"Could not write the checkpoint of step {failed} to {ckpts.directory}: {type(e).__name__}: {e}. "
+        f"The older checkpoints there ({ckpts.all_steps()}) are intact; free disk space or fix permissions, "
+        "then start the same command again to resume.") from e
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
   mesh = parallel.make_mesh()
   pid, nproc = jax.process_index(), jax.process_count()
   local_batch = config.batch_size // nproc
   main_process = pid == 0
+  check_same_run(config, workdir)
   os.makedirs(workdir, exist_ok=True)
 
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
@@ -128,10 +166,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, tx = create_state(config, model, ds.image_shape, mesh)
   ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
                                  keep_best="val" in ds.splits, async_save=config.async_checkpoints)
-  start = 0
-  if ckpts.latest_step() is not None:
-    state, meta = ckpts.restore(ckpts.latest_step(), checkpoint.abstract(state))
-    start = int(meta["step"])
+  start, wall_before = 0, 0.0
+  restored = ckpts.restore_latest(checkpoint.abstract(state), log=print if main_process else lambda _: None)
+  if restored is not None:
+    _, state, meta = restored
+    start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
     if main_process:
       print(f"Resumed from {ckpts.directory} at step {start}.", flush=True)
   if main_process:
@@ -172,6 +211,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"Training diverged: train loss is {row['train/loss']} in the {len(logged)} steps up to step {step}. "
               f"No checkpoint was written after step {ckpts.latest_step()}. Lower schedule.base_lr or "
               "check the data.")
+        with _checkpoint_errors(ckpts, step):
+          ckpts.check()  # stop soon after an asynchronous save fails, not at the next save
         row["steps_per_sec"] = progress.rate(step)
         row["images_per_sec"] = row["steps_per_sec"] * config.batch_size
         progress.update(step, row["train/loss"], row["train/error"], row["lr"], row["steps_per_sec"], final=done)
@@ -181,22 +222,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
           progress.message("  ".join(f"{k} {100 * v:.2f}%" for k, v in row.items() if k.endswith("/error")))
         writer.write(step, row)
         last.update(row)
-        if ckpt_now:
+        if ckpt_now or preempt.requested:  # SIGTERM may have arrived during the evaluation above
           val = {"val/error": row["val/error"]} if "val/error" in row else None
-          ckpts.save(step, state, {"step": step, "seed": config.seed, "data_position": step}, metrics=val,
-                     force=True)
+          with _checkpoint_errors(ckpts, step):
+            ckpts.save(step, state, {"step": step, "seed": config.seed, "data_position": step,
+                                     "wall_time_s": wall_before + time.time() - t_start}, metrics=val, force=True)
         progress.restart(step)
         if preempt.requested and not done:
-          ckpts.wait()
+          with _checkpoint_errors(ckpts, step):
+            ckpts.wait()
           progress.message(f"SIGTERM: saved the checkpoint of step {step}; exiting. Start again to resume.")
           raise SystemExit(0)
+    if not last:  # started again after the end: report the final state
+      for split in ds.splits:
+        last.update(evaluate(eval_step, state, ds, split, eval_batch, mesh))
+    with _checkpoint_errors(ckpts, step):
+      ckpts.wait()  # the last asynchronous save must be on disk before the run counts as done
   finally:
     preempt.restore()
-    ckpts.close()
     writer.close()
+    try:
+      ckpts.close()
+    except Exception:  # already reported above; closing must not hide the first error
+      pass
 
   result = {"name": config.get("name", ""), "model": config.model.name, "steps": step,
-            "params": models.count_params(state.params), "wall_time_s": time.time() - t_start,
+            "params": models.count_params(state.params), "wall_time_s": wall_before + time.time() - t_start,
             "resumed_from": start, **{k: v for k, v in last.items() if "/" in k}}
   if main_process:
     with open(os.path.join(workdir, "result.json"), "w") as f:

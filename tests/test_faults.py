@@ -1,0 +1,182 @@
+"""Reliability: preemption, SIGKILL at random moments, damaged checkpoints, divergence, a full disk, bad configs."""
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs.common import cifar_recipe
+from src.config_check import ConfigError, validate
+from tests.conftest import REPO, assert_trees_bitwise_equal, load_state, run_main, tiny_cifar_args
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def metric_steps(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    return [json.loads(line)["step"] for line in f if line.strip()]
+
+
+def start(args, **kw):
+  return subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def wait_for_step(proc, run_dir, step, timeout=240):
+  deadline = time.time() + timeout
+  path = os.path.join(run_dir, "metrics.jsonl")
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(path) and any(s >= step for s in metric_steps(run_dir)):
+      return True
+    time.sleep(0.02)
+  return False
+
+
+@pytest.fixture(scope="module")
+def straight(fake_cifar10_dir, tmp_path_factory):
+  """An uninterrupted 30-step run: the reference every interrupted run must equal bitwise."""
+  run_dir = tmp_path_factory.mktemp("straight")
+  run_main(tiny_cifar_args(fake_cifar10_dir, run_dir, steps=30))
+  return load_state(run_dir)
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(fake_cifar10_dir, tmp_path, straight):
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
+  rng = random.Random(1234)
+  kills = 0
+  for _ in range(3):
+    proc = start(args)
+    # A random moment: anywhere from start-up to mid-training, including during checkpoint saves.
+    time.sleep(rng.uniform(2.0, 12.0))
+    if proc.poll() is None:
+      proc.kill()
+      kills += 1
+    proc.communicate()
+  assert kills >= 2
+  final = run_main(args)
+  assert_trees_bitwise_equal(load_state(tmp_path), straight)
+  assert metric_steps(tmp_path) == list(range(5, 31, 5)), final.stdout
+
+
+def test_sigterm_saves_and_exits_cleanly(fake_cifar10_dir, tmp_path, straight):
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, checkpoint_every=30)
+  proc = start(args)
+  assert wait_for_step(proc, tmp_path, 5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM: saved the checkpoint of step" in out
+  saved = int(load_state(tmp_path)["step"])
+  assert 5 <= saved < 30  # saved where it stopped, though checkpoint_every is 30
+  run_main(args)
+  assert_trees_bitwise_equal(load_state(tmp_path), straight)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(fake_cifar10_dir, tmp_path, straight, damage):
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
+  run_main(args + ["--config.num_steps=20"])
+  newest = tmp_path / "checkpoints" / "20"
+  files = sorted((p for p in (newest / "state").rglob("*") if p.is_file() and p.stat().st_size > 1000),
+                 key=lambda p: -p.stat().st_size)
+  victim = files[0]  # the biggest file: array data
+  if damage == "truncate":
+    with open(victim, "r+b") as f:
+      f.truncate(victim.stat().st_size // 3)
+  else:
+    victim.unlink()
+  out = run_main(args)
+  assert "Checkpoint 20" in out.stdout and "is unreadable" in out.stdout
+  assert "at step 10" in out.stdout
+  assert (tmp_path / "checkpoints.unreadable" / "20").is_dir()  # moved aside, not deleted
+  assert_trees_bitwise_equal(load_state(tmp_path), straight)
+  assert metric_steps(tmp_path) == list(range(5, 31, 5))
+
+
+def test_divergence_stops_with_the_step_and_saves_no_nan_checkpoint(fake_cifar10_dir, tmp_path):
+  proc = run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30) + ["--config.schedule.base_lr=1e12"],
+                  check=False)
+  assert proc.returncode != 0
+  assert "Training diverged: train loss is nan" in proc.stderr or "Training diverged: train loss is inf" in proc.stderr
+  assert "up to step 5" in proc.stderr
+  ckpts = tmp_path / "checkpoints"
+  assert not [p for p in ckpts.iterdir() if p.name.isdigit()] if ckpts.exists() else True
+
+
+def test_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_survive(fake_cifar10_dir, tmp_path):
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
+  run_main(args + ["--config.num_steps=10"])
+  before = load_state(tmp_path, 10)
+
+  def small_files():  # any file write past 64 KiB fails with EFBIG, as on a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+  proc = subprocess.run([sys.executable, "-m", "src.main", *args], cwd=REPO, env=ENV, capture_output=True,
+                        text=True, timeout=300, preexec_fn=small_files)
+  assert proc.returncode != 0
+  assert "Could not write the checkpoint of step 20" in proc.stderr, proc.stderr[-3000:]
+  assert "are intact" in proc.stderr
+  assert_trees_bitwise_equal(load_state(tmp_path, 10), before)
+  run_main(args)  # space is back: it resumes from 10 and finishes
+  assert int(load_state(tmp_path)["step"]) == 30
+
+
+def bad(**changes):
+  c = cifar_recipe("cifar_resnet20")
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+BAD_CONFIGS = [
+    (dict(model__name="cifar_resnet21"), "config.model.name: CIFAR nets have 6n+2 layers; got depth 21"),
+    (dict(model__name="resnet19"), "valid depths: [18, 34, 50, 101, 152]"),
+    (dict(model__name="alexnet"), "config.model.name: Unknown model 'alexnet'. Valid names"),
+    (dict(model__shortcut="D"), "config.model.shortcut: must be one of ['A', 'B', 'C']"),
+    (dict(model__dtype="float64"), "config.model.dtype: must be one of ['bfloat16', 'float16', 'float32']"),
+    (dict(model__bn_group_size=48), "config.model.bn_group_size: must divide batch_size 128"),
+    (dict(model__conv_chunk=-1), "config.model.conv_chunk: must be >= 0"),
+    (dict(data__name="imagenet21k"), "config.data.name: must be one of"),
+    (dict(data__val_size=-5), "config.data.val_size: must be an integer >= 0"),
+    (dict(batch_size=0), "config.batch_size: must be a positive integer, got 0"),
+    (dict(batch_size=100), "config.batch_size: 100 is not divisible by the 8 devices"),
+    (dict(eval_batch_size=1001), "config.eval_batch_size: 1001 is not divisible by the 8 devices"),
+    (dict(num_steps=-1), "config.num_steps: must be a positive integer"),
+    (dict(log_every=0), "config.log_every: must be a positive integer"),
+    (dict(eval_every=150), "config.eval_every: 150 must be a multiple of log_every (100)"),
+    (dict(schedule__base_lr=0.0), "config.schedule.base_lr: must be > 0"),
+    (dict(schedule__boundaries=(48000, 32000)), "config.schedule.boundaries: must be increasing"),
+    (dict(schedule__factor=10.0), "config.schedule.factor: must be in (0, 1]"),
+    (dict(schedule__warmup_lr=-0.01), "config.schedule.warmup_lr: must be >= 0"),
+    (dict(schedule__warmup_until_error=80.0), "config.schedule.warmup_until_error: is a training error fraction"),
+    (dict(optim__momentum=1.0), "config.optim.momentum: must be in [0, 1)"),
+    (dict(optim__weight_decay=-1e-4), "config.optim.weight_decay: must be >= 0"),
+    (dict(optim__momentum_form="pytorch"), "config.optim.momentum_form: must be 'caffe'"),
+]
+
+
+@pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
+def test_bad_config_table(changes, message):
+  with pytest.raises(ConfigError) as e:
+    validate(bad(**changes), device_count=8, process_count=1)
+  assert message in str(e.value)
+
+
+def test_the_paper_configs_are_valid():
+  from configs import cifar_depth_sweep, cifar_resnet
+  from src.sweep import run_config
+  validate(cifar_resnet.get_config("depth=110"), device_count=8, process_count=2)
+  for arg in (None, "mnist5k", "resnet1202"):
+    sweep = cifar_depth_sweep.get_config(arg)
+    for overrides in sweep.sweep:
+      validate(run_config(sweep, overrides), device_count=1, process_count=1)
