@@ -246,7 +246,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     except Exception:  # already reported above; closing must not hide the first error
       pass
 
-  result = {"name": config.get("name", ""), "model": config.model.name, "steps": step,
+  result = {"name": config.get("name", ""), "model": config.model.name, "dataset": config.data.name, "steps": step,
             "params": models.count_params(state.params), "wall_time_s": wall_before + time.time() - t_start,
             "resumed_from": start, **{k: v for k, v in last.items() if "/" in k}}
   if main_process:
