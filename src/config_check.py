@@ -61,6 +61,9 @@ def validate(config, *, device_count=None, process_count=None):
   steps = _positive_int(config, "num_steps")
   for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _positive_int(config, field)
+  k = _positive_int(config, "steps_per_call")
+  for field in ("num_steps", "log_every", "checkpoint_every"):
+    _check(config[field] % k == 0, field, f"{config[field]} must be a multiple of steps_per_call ({k}).")
   _check(config.eval_every % config.log_every == 0, "eval_every",
          f"{config.eval_every} must be a multiple of log_every ({config.log_every}).")
   s = config.schedule

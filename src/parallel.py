@@ -31,11 +31,12 @@ def replicated(mesh):
   return NamedSharding(mesh, P())
 
 
-def batch_sharded(mesh):
-  return NamedSharding(mesh, P("data"))
+def batch_sharded(mesh, leading_axes: int = 0):
+  """The batch axis split over devices; `leading_axes` unsplit axes before it (e.g. steps of a multi-step call)."""
+  return NamedSharding(mesh, P(*([None] * leading_axes), "data"))
 
 
-def global_batch(local_batch: dict, mesh) -> dict:
+def global_batch(local_batch: dict, mesh, leading_axes: int = 0) -> dict:
   """Assembles each process's slice of the batch into global arrays split over all devices."""
-  sharding = batch_sharded(mesh)
+  sharding = batch_sharded(mesh, leading_axes)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

@@ -153,6 +153,7 @@ BAD_CONFIGS = [
     (dict(eval_batch_size=1001), "config.eval_batch_size: 1001 is not divisible by the 8 devices"),
     (dict(num_steps=-1), "config.num_steps: must be a positive integer"),
     (dict(log_every=0), "config.log_every: must be a positive integer"),
+    (dict(steps_per_call=3), "config.num_steps: 64000 must be a multiple of steps_per_call (3)"),
     (dict(eval_every=150), "config.eval_every: 150 must be a multiple of log_every (100)"),
     (dict(schedule__base_lr=0.0), "config.schedule.base_lr: must be > 0"),
     (dict(schedule__boundaries=(48000, 32000)), "config.schedule.boundaries: must be increasing"),
@@ -180,3 +181,33 @@ def test_the_paper_configs_are_valid():
     sweep = cifar_depth_sweep.get_config(arg)
     for overrides in sweep.sweep:
       validate(run_config(sweep, overrides), device_count=1, process_count=1)
+
+
+def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from src import models, parallel, train
+  # In-process: 5 single steps against one call of 5 scanned steps, from the same state on the same batches.
+  config = cifar_recipe("cifar_resnet8")
+  mesh, model = parallel.make_mesh(), models.model_from_config(config.model, num_classes=10)
+  rng = np.random.default_rng(0)
+  batches = [{"image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
+              "label": rng.integers(0, 10, (32,)).astype(np.int32)} for _ in range(5)]
+  mean = jnp.full((32, 32, 3), 120.0)
+  single, tx = train.create_state(config, model, (32, 32, 3), mesh)
+  step = jax.jit(train.make_train_step(config, model, tx, mean))
+  losses = []
+  for b in batches:
+    single, m = step(single, b)
+    losses.append(float(m["train/loss"]))
+  multi, _ = train.create_state(config, model, (32, 32, 3), mesh)
+  multi, m = jax.jit(train.make_multi_step(train.make_train_step(config, model, tx, mean)))(multi, train.stack(batches))
+  np.testing.assert_allclose(np.asarray(m["train/loss"]), losses, rtol=1e-4)
+  assert int(multi.step) == 5
+  for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)  # float reassociation, 5 steps at lr 0.1
+  # Through src.main: logging and checkpoints on the same steps as single-step training.
+  run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, steps_per_call=5))
+  assert metric_steps(tmp_path) == list(range(5, 31, 5))
+  assert int(load_state(tmp_path)["step"]) == 30
