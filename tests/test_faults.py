@@ -49,10 +49,11 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(fake_cifar10
   args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
   rng = random.Random(1234)
   kills = 0
-  for _ in range(3):
+  for target in sorted(rng.sample([5, 10, 15, 20], 3)):
     proc = start(args)
-    # A random moment: anywhere from start-up to mid-training, including during checkpoint saves.
-    time.sleep(rng.uniform(2.0, 12.0))
+    # A random moment after step `target` is logged: mid-step, mid-evaluation or mid-(async)-save.
+    wait_for_step(proc, tmp_path, target)
+    time.sleep(rng.uniform(0.0, 0.3))
     if proc.poll() is None:
       proc.kill()
       kills += 1
