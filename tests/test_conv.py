@@ -1,0 +1,65 @@
+"""src/models/conv.py: the chunked weight-gradient convolution is the ordinary convolution, gradients included."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from src.models import get_model
+from src.models.conv import chunked_conv
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def grads(conv, x, w, strides, padding):
+  def f(x, w):
+    y = conv(x, w, strides, padding, dimension_numbers=DN)
+    return jnp.sum(jnp.sin(y))  # a non-trivial cotangent
+  return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+
+
+@pytest.mark.parametrize("batch", [64, 40, 8])  # divisible by the chunk, not divisible, smaller than it
+@pytest.mark.parametrize("strides,padding", [((1, 1), "SAME"), ((2, 2), [(1, 1), (1, 1)]), ((1, 1), "VALID")])
+def test_forward_and_gradients_match_lax(batch, strides, padding):
+  x = jax.random.normal(jax.random.key(0), (batch, 12, 12, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16)) * 0.1
+  conv = chunked_conv(16)
+  np.testing.assert_array_equal(conv(x, w, strides, padding, dimension_numbers=DN),
+                                lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN))
+  (dx, dw), (rx, rw) = grads(conv, x, w, strides, padding), grads(lax.conv_general_dilated, x, w, strides, padding)
+  np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_inputs():
+  x = jax.random.normal(jax.random.key(0), (32, 8, 8, 8)).astype(jnp.bfloat16)
+  w = (jax.random.normal(jax.random.key(1), (3, 3, 8, 8)) * 0.1).astype(jnp.bfloat16)
+  (_, dw), (_, rw) = grads(chunked_conv(8), x, w, (1, 1), "SAME"), grads(lax.conv_general_dilated, x, w, (1, 1), "SAME")
+  assert dw.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(dw, np.float32), np.asarray(rw, np.float32), rtol=5e-2, atol=5e-2)
+
+
+def test_inside_a_flax_model_gives_the_same_training_gradients():
+  x = jax.random.normal(jax.random.key(2), (32, 32, 32, 3))
+  y = jnp.arange(32) % 10
+  out = {}
+  for chunk in (0, 16):
+    model = get_model("cifar_resnet8", conv_chunk=chunk)
+    variables = model.init(jax.random.key(0), x[:1], train=False)
+
+    def loss(params):
+      logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+      return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(32), y])
+
+    out[chunk] = jax.jit(jax.value_and_grad(loss))(variables["params"])
+  np.testing.assert_allclose(out[0][0], out[16][0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[16][1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_nn_conv_accepts_it():
+  layer = nn.Conv(4, (3, 3), conv_general_dilated=chunked_conv(4))
+  x = jnp.ones((8, 6, 6, 2))
+  variables = layer.init(jax.random.key(0), x)
+  assert layer.apply(variables, x).shape == (8, 6, 6, 4)
