@@ -1,0 +1,219 @@
+"""Benchmarks of the real train step: `python -m src.bench [--models ...] [--batch ...] [--dtype ...]`.
+
+Per case (model x batch x dtype x conv_chunk x steps_per_call), one JSON line and a table row: compile time,
+steady-state step time, training images/s, peak memory, achieved FLOP/s (XLA cost analysis of the compiled
+step), the input pipeline's own images/s, and the step time with the real input pipeline against data already on
+the device. `--torch` measures a PyTorch eager peer of the CIFAR nets in the same run (optional; PyTorch is not
+a dependency). `--compile_only` reports compile times only (how they grow with depth).
+
+    python -m src.bench --models cifar_resnet20 --batch 128 --conv_chunk 0,16 --torch
+    python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
+"""
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.common import cifar_recipe
+from src import data, models, parallel, train
+
+
+def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call):
+  c = cifar_recipe(name if name.startswith("cifar_") else "cifar_resnet20")
+  c.model.name = name
+  c.model.shortcut = "A" if name.startswith("cifar_") else "B"
+  c.model.dtype, c.model.conv_chunk, c.model.scan = dtype, conv_chunk, scan
+  c.model.bn_group_size = 0
+  c.batch_size, c.steps_per_call = batch, steps_per_call
+  return c
+
+
+def random_batch(shape, batch, steps_per_call, seed=0):
+  rng = np.random.default_rng(seed)
+  lead = (steps_per_call,) if steps_per_call > 1 else ()
+  return {"image": rng.integers(0, 256, lead + (batch,) + shape, dtype=np.uint8),
+          "label": rng.integers(0, 10, lead + (batch,)).astype(np.int32)}
+
+
+def peak_memory_bytes():
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"]
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: the process's peak RSS
+
+
+def build(config, shape):
+  mesh = parallel.make_mesh()
+  model = models.model_from_config(config.model, num_classes=10)
+  state, tx = train.create_state(config, model, shape, mesh)
+  step_fn = train.make_train_step(config, model, tx, jnp.full(shape, 120.0))
+  if config.steps_per_call > 1:
+    step_fn = train.make_multi_step(step_fn)
+  rep = parallel.replicated(mesh)
+  return mesh, state, jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
+
+
+def time_steps(run, n, windows=3):
+  """Median over `windows` windows of n calls each; blocks only at the end of a window."""
+  times = []
+  for _ in range(windows):
+    t = time.perf_counter()
+    out = None
+    for _ in range(n):
+      out = run()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - t) / n)
+  return statistics.median(times)
+
+
+def bench_case(name, batch, dtype, conv_chunk, scan, steps_per_call, steps, pipeline):
+  shape = models.input_shape(name)
+  if pipeline is not None and pipeline.image_shape[:2] == shape[:2]:
+    shape = tuple(pipeline.image_shape)  # e.g. mnist5k's 1 channel: the nets take any number of channels
+  config = case_config(name, batch, dtype, conv_chunk, scan, steps_per_call)
+  mesh, state, step = build(config, shape)
+  host = random_batch(shape, batch, steps_per_call)
+  lead = 1 if steps_per_call > 1 else 0
+  on_device = parallel.global_batch(host, mesh, leading_axes=lead)
+  t = time.perf_counter()
+  compiled = step.lower(state, on_device).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = {"state": state}
+
+  def run_device():
+    holder["state"], m = step(holder["state"], on_device)
+    return m
+
+  run_device()  # first call: dispatch caches
+  call_s = time_steps(run_device, max(1, steps // steps_per_call))
+  row = {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "dtype": dtype, "conv_chunk": conv_chunk, "scan": scan,
+         "steps_per_call": steps_per_call, "compile_s": round(compile_s, 2),
+         "step_ms": round(1e3 * call_s / steps_per_call, 2),
+         "images_per_sec": round(batch * steps_per_call / call_s, 1),
+         "flops_per_step": cost.get("flops", 0.0) / steps_per_call,
+         "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()}
+  row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
+  if models.blocks.use_scan(scan, 21) and scan != "auto":
+    row["note"] = "XLA counts a scanned loop body once: flops undercount"
+  if pipeline is not None and shape == tuple(pipeline.image_shape):
+    step_i = [0]
+    local = batch // jax.process_count()
+
+    def next_host_batch():
+      i = step_i[0]
+      step_i[0] += steps_per_call
+      if steps_per_call == 1:
+        return pipeline.train_batch(i, local)
+      return train.stack([pipeline.train_batch(i + j, local) for j in range(steps_per_call)])
+
+    n = 20
+    t = time.perf_counter()
+    for _ in range(n):
+      next_host_batch()
+    row["pipeline_images_per_sec"] = round(n * batch * steps_per_call / (time.perf_counter() - t), 1)
+
+    def run_pipeline():  # as the train loop does: host batch, global array, dispatch
+      batch_now = parallel.global_batch(next_host_batch(), mesh, leading_axes=lead)
+      holder["state"], m = step(holder["state"], batch_now)
+      return m
+
+    pipe_s = time_steps(run_pipeline, max(1, steps // steps_per_call))
+    row["pipeline_step_ms"] = round(1e3 * pipe_s / steps_per_call, 2)
+    row["pipeline_vs_device"] = round(pipe_s / call_s, 3)
+  return row
+
+
+def compile_case(name, batch, scan):
+  shape = models.input_shape(name)
+  config = case_config(name, batch, "float32", 0, scan, 1)
+  mesh, state, step = build(config, shape)
+  host = random_batch(shape, batch, 1)
+  t = time.perf_counter()
+  step.lower(state, parallel.global_batch(host, mesh)).compile()
+  return {"model": name, "batch": batch, "scan": scan, "compile_s": round(time.perf_counter() - t, 2),
+          "params": models.count_params(state.params)}
+
+
+def table(rows, keys):
+  widths = [max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys]
+  lines = ["  ".join(k.ljust(w) for k, w in zip(keys, widths))]
+  lines += ["  ".join(str(r.get(k, "")).ljust(w) for k, w in zip(keys, widths)) for r in rows]
+  return "\n".join(lines)
+
+
+def csv(text, cast=str):
+  return [cast(v) for v in text.split(",") if v]
+
+
+def parse_scan(v):
+  return {"true": True, "false": False}.get(v.lower(), v)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--models", default="cifar_resnet20,cifar_resnet56,cifar_resnet110,resnet50")
+  p.add_argument("--batch", default="128")
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--conv_chunk", default="0")
+  p.add_argument("--scan", default="auto", help="auto, true, false (comma-separated to compare)")
+  p.add_argument("--steps_per_call", default="1")
+  p.add_argument("--steps", type=int, default=10, help="steps per timing window (3 windows, median)")
+  p.add_argument("--dataset", default="mnist5k", help="input pipeline for the pipeline columns ('' = skip)")
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--compile_only", action="store_true")
+  p.add_argument("--torch", action="store_true", help="also time the PyTorch eager peer (CIFAR nets)")
+  p.add_argument("--out", default=None, help="append the JSON lines to this file")
+  a = p.parse_args(argv)
+  rows = []
+
+  def emit(row):
+    rows.append(row)
+    line = json.dumps(row)
+    print(line, flush=True)
+    if a.out:
+      with open(a.out, "a") as f:
+        f.write(line + "\n")
+
+  names, batches, scans = csv(a.models), csv(a.batch, int), csv(a.scan, parse_scan)
+  if a.compile_only:
+    for name in names:
+      for batch in batches:
+        for scan in scans:
+          emit(compile_case(name, batch, scan))
+    print("\n" + table(rows, ["model", "batch", "scan", "params", "compile_s"]))
+    return rows
+  pipeline = None
+  if a.dataset:
+    cfg = cifar_recipe().data
+    cfg.name, cfg.data_dir = a.dataset, a.data_dir
+    pipeline = data.get_dataset(cfg, seed=0)
+  for name in names:
+    for batch in batches:
+      for dtype in csv(a.dtype):
+        for chunk in csv(a.conv_chunk, int):
+          for scan in scans:
+            for k in csv(a.steps_per_call, int):
+              emit(bench_case(name, batch, dtype, chunk, scan, k, a.steps, pipeline))
+      if a.torch and name.startswith("cifar_"):
+        try:
+          from src.bench_torch import bench_torch
+        except ImportError as e:
+          print(json.dumps({"model": name, "framework": "pytorch", "skipped": f"PyTorch not installed ({e})"}))
+          continue
+        emit(bench_torch(name, batch, a.steps))
+  keys = ["model", "framework", "batch", "dtype", "conv_chunk", "steps_per_call", "compile_s", "step_ms",
+          "images_per_sec", "achieved_tflops", "peak_memory_mb", "pipeline_images_per_sec", "pipeline_vs_device"]
+  print("\n" + table(rows, keys))
+  return rows
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
