@@ -83,3 +83,18 @@ class Checkpoints:
 def abstract(state):
   """Shapes, dtypes and shardings of `state`, for a restore that lays the arrays out the same way."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def load_saved_state(run_dir: str, step: int = None):
+  """The train state of a run's checkpoint (newest if `step` is None) on this process's first device,
+  whatever devices wrote it; for analysis and tests (the train loop restores through Checkpoints)."""
+  ckpt_dir = os.path.join(os.path.abspath(run_dir), "checkpoints")  # Orbax wants absolute paths
+  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
+  if not steps:
+    raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
+  path = os.path.join(ckpt_dir, str(steps[-1] if step is None else step), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return checkpointer.restore(path, target)

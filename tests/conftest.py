@@ -31,19 +31,9 @@ def run_main(args, timeout=300, env=None, check=True):
 
 
 def load_state(run_dir, step=None):
-  """The train state saved in a run's checkpoint (newest if step is None), as numpy arrays."""
-  import jax
-  import orbax.checkpoint as ocp
-  ckpt_dir = os.path.join(run_dir, "checkpoints")
-  steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
-  step = steps[-1] if step is None else step
-  path = os.path.join(ckpt_dir, str(step), "state")
-  checkpointer = ocp.StandardCheckpointer()
-  # Onto this process's first device, whatever devices wrote it.
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
-  return checkpointer.restore(path, target)
+  """The train state saved in a run's checkpoint (newest if step is None)."""
+  from src.checkpoint import load_saved_state
+  return load_saved_state(str(run_dir), step)
 
 
 def assert_trees_bitwise_equal(a, b):
