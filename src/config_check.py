@@ -57,6 +57,8 @@ def validate(config, *, device_count=None, process_count=None):
     _check(per_device % group == 0 or group % per_device == 0, "model.bn_group_size",
            f"{group} neither divides nor is a multiple of the per-device batch {per_device}: BN groups would "
            "straddle devices.")
+  _check(str(m.scan).lower() in ("auto", "true", "false"), "model.scan",
+         f"must be 'auto', 'true' or 'false', got {m.scan!r}.")
   _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = off), got {m.conv_chunk!r}.")
   steps = _positive_int(config, "num_steps")
   for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -1,9 +1,12 @@
 """Tables, figures, the report command and every notebook, on a small sweep made by the real train loop."""
 import json
 import os
+import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import nbformat
 import numpy as np
 import pytest
@@ -11,19 +14,41 @@ from nbclient import NotebookClient
 from PIL import Image
 
 from src import paper
-from src.analysis import load_metrics, load_runs, table6
-from src.analysis.layer_responses import layer_response_std
+from src.analysis import imagenet_table, load_metrics, load_runs, table6
+from src.analysis.layer_responses import layer_response_std, ordered_responses
+from src.metrics import read_metrics
+from src.models import get_model
 from tests.conftest import REPO, run_main, tiny_cifar_args
 
 RUNS = ["plain8", "plain14", "resnet8", "resnet14"]
+NOTEBOOKS = sorted(n for n in os.listdir(os.path.join(REPO, "notebooks")) if n.endswith(".ipynb"))
 
 
 @pytest.fixture(scope="module")
 def sweep(fake_cifar10_dir, tmp_path_factory):
+  """The 4-run depth sweep (plain/ResNet-8/14), 20 steps each on the fake CIFAR-10: about a minute."""
   workdir = tmp_path_factory.mktemp("analysis") / "sweep"
   args = tiny_cifar_args(fake_cifar10_dir, workdir, steps=20)
   args[0] = "--config=configs/cifar_depth_sweep.py:depths=8-14"
   run_main(args)
+  return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def imagenet_workdir(tmp_path_factory):
+  """Two ImageNet-like runs written by hand (no ImageNet here): what Fig. 4 and Tables 2-4 read."""
+  workdir = tmp_path_factory.mktemp("imagenet")
+  for run, model, shortcut in (("plain18", "plain18", "B"), ("resnet34", "resnet34", "B")):
+    d = workdir / run
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"name": run, "data": {"name": "imagenet2012"},
+                                               "model": {"name": model, "shortcut": shortcut}}))
+    rows = [{"step": s, "train/error": 0.9 - s / 2000} for s in range(100, 1001, 100)]
+    for r in rows[1::2]:
+      r.update({"val/error": r["train/error"] + 0.05, "val/top5_error": r["train/error"] - 0.2})
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "result.json").write_text(json.dumps({"name": run, "model": model, "dataset": "imagenet2012",
+                                               "steps": 1000, "params": 21_800_000, **rows[-1]}))
   return str(workdir)
 
 
@@ -32,51 +57,125 @@ def test_tables_hold_the_runs_numbers(sweep):
   assert sorted(runs.index) == sorted(RUNS)
   for name in RUNS:
     result = json.load(open(os.path.join(sweep, name, "result.json")))
-    assert runs.loc[name, "test/error"] == pytest.approx(100 * result["test/error"])
-    assert runs.loc[name, "params"] == result["params"] and runs.loc[name, "depth"] in (8, 14)
+    for key in ("train/error", "val/error", "test/error"):
+      assert runs.loc[name, key] == pytest.approx(100 * result[key])
+    assert runs.loc[name, "params"] == result["params"] and runs.loc[name, "steps"] == 20
+    net, depth = re.fullmatch(r"(plain|resnet)(\d+)", name).groups()
+    assert (runs.loc[name, "net"], runs.loc[name, "depth"]) == (net, int(depth))
   curves = load_metrics(sweep)
-  assert set(curves["run"]) == set(RUNS) and curves.groupby("run")["step"].max().eq(20).all()
+  assert set(curves["run"]) == set(RUNS)
+  for name in RUNS:  # every logged row, errors in %
+    logged = read_metrics(os.path.join(sweep, name, "metrics.jsonl"))
+    mine = curves[curves["run"] == name].sort_values("step")
+    assert list(mine["step"]) == [r["step"] for r in logged] == [5, 10, 15, 20]
+    assert np.allclose(mine["train/error"], [100 * r["train/error"] for r in logged])
+    evals = mine.dropna(subset=["test/error"])
+    assert list(evals["step"]) == [10, 20]
+    assert np.allclose(evals["test/error"], [100 * r["test/error"] for r in logged if "test/error" in r])
   t6 = table6(sweep)
-  assert list(t6.columns)[-1] == "paper test/error" and t6["paper test/error"].isna().all()  # no 8/14 in Table 6
+  assert sorted(t6["run"]) == sorted(RUNS) and t6["paper test/error"].isna().all()  # no 8/14 in Table 6
 
 
-def test_table6_carries_the_papers_number(sweep, tmp_path):
-  # A run that claims to be a CIFAR-10 ResNet-56 gets the paper's 6.97 beside it.
-  run = tmp_path / "resnet56"
-  run.mkdir()
-  (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/error": 0.5, "test/error": 0.1}) + "\n")
-  (run / "result.json").write_text(json.dumps({"model": "cifar_resnet56", "dataset": "cifar10", "params": 853018}))
-  assert table6(str(tmp_path)).loc[0, "paper test/error"] == paper.CIFAR_TEST_ERROR["cifar_resnet56"]
+def test_table6_carries_the_papers_number(tmp_path):
+  # Runs that claim to be CIFAR-10 ResNet-56 and -110 get the paper's numbers beside them; mnist5k gets none.
+  for run, model, dataset in (("resnet56", "cifar_resnet56", "cifar10"), ("resnet110", "cifar_resnet110", "cifar10"),
+                              ("digits", "cifar_resnet20", "mnist5k")):
+    (tmp_path / run).mkdir()
+    (tmp_path / run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/error": 0.5, "test/error": 0.1}))
+    (tmp_path / run / "result.json").write_text(json.dumps({"model": model, "dataset": dataset, "params": 1}))
+  t6 = table6(str(tmp_path)).set_index("run")
+  assert t6.loc["resnet56", "paper test/error"] == paper.CIFAR_TEST_ERROR["cifar_resnet56"]
+  assert t6.loc["resnet110", "paper test/error"] == paper.CIFAR_TEST_ERROR["cifar_resnet110"]
+  assert t6.loc["digits", "paper test/error"] is None or np.isnan(t6.loc["digits", "paper test/error"])
+
+
+def test_imagenet_table_beside_the_paper(imagenet_workdir):
+  t = imagenet_table(imagenet_workdir).set_index("run")
+  assert t.loc["resnet34", "top-1"] == pytest.approx(100 * (0.9 - 0.5 + 0.05))  # the final val/error, in %
+  assert t.loc["resnet34", "top-5"] == pytest.approx(100 * (0.9 - 0.5 - 0.2))
+  assert (t.loc["resnet34", "paper 10-crop top-1"], t.loc["resnet34", "paper 10-crop top-5"]) == \
+      paper.IMAGENET_10CROP["resnet34:B"]  # ResNet-34 is looked up by its shortcut option
+  assert t.loc["resnet34", "paper multi-scale top-1"] == paper.IMAGENET_MULTISCALE["resnet34:B"][0]
+  assert t.loc["plain18", "paper 10-crop top-1"] == paper.IMAGENET_10CROP["plain18"][0]
 
 
 def test_layer_responses_one_std_per_3x3_layer(sweep):
   for name, depth in (("plain8", 8), ("resnet14", 14)):
-    stds = layer_response_std(os.path.join(sweep, name), num_images=64)
-    assert len(stds) == depth - 1  # conv1 + 6n 3x3 layers in the stages (the FC is not a 3x3 layer)
+    stds, names = layer_response_std(os.path.join(sweep, name), num_images=64, return_names=True)
+    n = (depth - 2) // 6
+    assert len(stds) == 1 + 2 * 3 * n == depth - 1  # conv1 + 2 per block; the FC is not a 3x3 layer
+    assert names[:3] == ["conv1", "stage1/block0/conv1", "stage1/block0/conv2"]
     assert np.all(np.isfinite(stds)) and np.all(stds > 0)
 
 
-def test_report_writes_nontrivial_figures(sweep):
-  proc = subprocess.run([sys.executable, "-m", "src.report", f"--workdir={sweep}", "--num_images=64"], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("scan", [False, True])
+def test_layer_order_is_the_call_order(scan):
+  # 12 blocks a stage: unrolled, jit hands back 'block10' before 'block2' in sorted dicts; scanned, the
+  # blocks sit on a leading axis. Both must come out as block0, 1, 2, ..., 11.
+  model = get_model("cifar_plain74", scan=scan)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init(jax.random.key(0), x, train=False)
+  inter = jax.jit(lambda v: model.apply(v, x, train=False, mutable=["intermediates"])[1]["intermediates"])(variables)
+  names = [n for n, _ in ordered_responses(inter)]
+  block = "blocks[{}]".format if scan else "block{}".format
+  expected = ["conv1"] + [f"stage{s}/{block0}/conv{c}" for s in (1, 2, 3)
+                          for block0 in ["block0"] + [block(i - 1 if scan else i) for i in range(1, 12)]
+                          for c in (1, 2)]
+  assert names == expected
+
+
+def _check_png(path):
+  image = Image.open(path).convert("RGB")
+  assert image.size[0] > 300 and image.size[1] > 200 and os.path.getsize(path) > 10_000, path
+  assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 50, path  # coloured lines, not a blank canvas
+
+
+def _report(workdir):
+  proc = subprocess.run([sys.executable, "-m", "src.report", f"--workdir={workdir}", "--num_images=64"], cwd=REPO,
+                        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
+
+
+def test_report_writes_nontrivial_figures(sweep):
+  out = _report(sweep)
+  for name in ("fig1.png", "fig6.png", "fig7.png", "table6.md"):
+    assert f"wrote {os.path.join(sweep, name)}" in out
   for name in ("fig1.png", "fig6.png", "fig7.png"):
-    path = os.path.join(sweep, name)
-    image = Image.open(path).convert("RGB")
-    assert image.size[0] > 300 and image.size[1] > 200 and os.path.getsize(path) > 10_000
-    assert len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 50  # coloured lines, not a blank canvas
+    _check_png(os.path.join(sweep, name))
   md = open(os.path.join(sweep, "table6.md")).read()
   assert all(f"| {r} |" in md for r in RUNS)
+  assert not os.path.exists(os.path.join(sweep, "fig4.png")) and "no ImageNet runs" in out
 
 
-@pytest.mark.parametrize("notebook", sorted(n for n in os.listdir(os.path.join(REPO, "notebooks"))
-                                            if n.endswith(".ipynb")))
-def test_notebook_executes(sweep, notebook, monkeypatch):
-  path = os.path.join(REPO, "notebooks", notebook)
-  nb = nbformat.read(path, as_version=4)
-  assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-  monkeypatch.setenv("RESNET_WORKDIR", sweep)
+def test_report_on_imagenet_runs(imagenet_workdir):
+  out = _report(imagenet_workdir)
+  _check_png(os.path.join(imagenet_workdir, "fig4.png"))
+  md = open(os.path.join(imagenet_workdir, "imagenet.md")).read()
+  assert "| resnet34 | resnet34 | B |" in md and "24.52" in md  # the paper's ResNet-34 B beside the run
+  assert "fig6.png" not in out and "table6.md" not in out  # the CIFAR figures need CIFAR-style runs
+
+
+def _execute(notebook, workdir, monkeypatch):
+  nb = nbformat.read(os.path.join(REPO, "notebooks", notebook), as_version=4)
+  code = [c for c in nb.cells if c.cell_type == "code"]
+  assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
+  assert "parameters" in code[0].metadata.get("tags", []) and "workdir =" in code[0].source
+  monkeypatch.setenv("RESNET_WORKDIR", workdir)
   NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
-  errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-  assert not errors
+                 resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()  # raises on a failed cell
+  return [o for c in nb.cells for o in c.get("outputs", [])]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_notebook_executes(sweep, notebook, monkeypatch):
+  outputs = _execute(notebook, sweep, monkeypatch)
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  if notebook != "imagenet.ipynb":  # the figures are drawn inline, not lost to a non-interactive backend
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+
+
+def test_imagenet_notebook_on_imagenet_runs(imagenet_workdir, monkeypatch):
+  outputs = _execute("imagenet.ipynb", imagenet_workdir, monkeypatch)
+  assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 4
+  assert any("2 ImageNet runs" in o.get("text", "") for o in outputs)

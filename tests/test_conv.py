@@ -32,6 +32,16 @@ def test_forward_and_gradients_match_lax(batch, strides, padding):
   np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("shards", [2, 4])
+def test_chunks_across_device_shards_give_the_same_gradients(shards):
+  x = jax.random.normal(jax.random.key(0), (64, 8, 8, 8))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16)) * 0.1
+  (dx, dw), (rx, rw) = (grads(chunked_conv(8, shards=shards), x, w, (1, 1), "SAME"),
+                        grads(lax.conv_general_dilated, x, w, (1, 1), "SAME"))
+  np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
+
+
 def test_bfloat16_inputs():
   x = jax.random.normal(jax.random.key(0), (32, 8, 8, 8)).astype(jnp.bfloat16)
   w = (jax.random.normal(jax.random.key(1), (3, 3, 8, 8)) * 0.1).astype(jnp.bfloat16)

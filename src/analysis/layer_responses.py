@@ -6,6 +6,7 @@ images and positions, averaged over channels.
 """
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,64 +14,102 @@ import ml_collections
 import numpy as np
 
 from src import data, models
+from src.analysis.runs import IMAGENET, load_runs
 from src.checkpoint import load_saved_state
 from src.train import normalize
 
 
-def _responses(tree, out):
-  """bn_response arrays in call order; scanned stages (leading block axis) expand block by block.
-  Shortcut projections are skipped: Fig. 7 plots the layers of the residual functions."""
-  for name, value in tree.items():
+def _natural(name):
+  """'block10' after 'block9': jit returns dicts with sorted keys, and plain sorting breaks the call order."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def ordered_responses(tree, prefix=""):
+  """[(layer name, response)] in the nets' call order: conv1, then per stage block0, block1, ... (unrolled) or
+  block0, blocks[0], blocks[1], ... (scanned: the leading block axis is expanded), conv1 before conv2 in a
+  block. Shortcut projections are skipped: Fig. 7 plots the layers of the residual functions."""
+  out = []
+  for name in sorted(tree, key=_natural):
+    value, path = tree[name], f"{prefix}{name}"
     if name == "projection":
       continue
     if name == "bn_response":
-      out.append(("x", value[0]))
-    elif name == "blocks":
-      inner = []
-      _responses(value, inner)
-      n = inner[0][1].shape[0]
-      for i in range(n):
-        out.extend(("x", r[i]) for _, r in inner)
+      out.append((prefix.rstrip("/"), value[0]))  # sow keeps a tuple of the values sown
+    elif name == "blocks":  # nn.scan: every leaf is stacked over blocks
+      inner = ordered_responses(value)
+      for i in range(inner[0][1].shape[0] if inner else 0):
+        out.extend((f"{path}[{i}]/{layer.removeprefix('block/')}", r[i]) for layer, r in inner)
     elif isinstance(value, dict):
-      _responses(value, out)
+      out.extend(ordered_responses(value, f"{path}/"))
   return out
 
 
-def layer_response_std(run_dir: str, split: str = "test", num_images: int = 500) -> np.ndarray:
+def _load(run_dir):
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   ds = data.get_dataset(config.data, seed=config.seed)
   model = models.model_from_config(config.model, num_classes=ds.num_classes)
   state = load_saved_state(run_dir)
-  variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"])[1]["intermediates"])
-  sums = None
-  seen = 0
+  return ds, model, {"params": state["params"], "batch_stats": state["batch_stats"]}
+
+
+def _moments(model):
+  """A jitted fn: per layer and channel, the masked sums over images of the per-image mean of x and x^2 over
+  positions. Reduced on the device, so the full responses (GBs for deep nets) never reach the host."""
+  def moments(variables, images, mask):
+    inter = model.apply(variables, images, train=False, mutable=["intermediates"])[1]["intermediates"]
+    def reduce(x):  # [..., B, H, W, C] (scanned stages lead with a block axis) -> [..., 2, C]
+      x = x.astype(jnp.float32)
+      w = mask.astype(jnp.float32)[:, None]
+      return jnp.stack([(x.mean((-3, -2)) * w).sum(-2), ((x ** 2).mean((-3, -2)) * w).sum(-2)], -2)
+    return jax.tree.map(reduce, inter)
+  return jax.jit(moments)
+
+
+def layer_response_std(run_dir: str, split: str = "test", num_images: int = 500, return_names: bool = False):
+  """Per-layer response std (numpy, in layer order) of the run's newest checkpoint on the first `num_images`
+  images of `split`; with return_names, also the layer names (e.g. 'stage2/block0/conv1')."""
+  ds, model, variables = _load(run_dir)
+  moments = _moments(model)
+  sums, names, seen = None, None, 0
   for batch in ds.eval_batches(split, min(num_images, 250)):
-    keep = batch["mask"]
-    inter = apply(variables, normalize(jnp.asarray(batch["image"]), jnp.asarray(ds.mean)))
-    layers = [np.asarray(r)[keep] for _, r in _responses(inter, [])]
-    stats = [(x.reshape(-1, x.shape[-1]).sum(0), (x.reshape(-1, x.shape[-1]) ** 2).sum(0),
-              x.size // x.shape[-1]) for x in layers]
-    sums = stats if sums is None else [(a + c, b + d, n + m) for (a, b, n), (c, d, m) in zip(sums, stats)]
+    # Padding examples (mask 0) and those beyond num_images are left out of the statistics.
+    keep = batch["mask"].astype(bool) & (seen + np.cumsum(batch["mask"]) <= num_images)
+    layers = ordered_responses(moments(variables, normalize(jnp.asarray(batch["image"]), jnp.asarray(ds.mean)),
+                                       jnp.asarray(keep)))
+    names = [n for n, _ in layers]
+    moms = [np.asarray(m, np.float64) for _, m in layers]  # [2, C] per layer: sums of E_hw[x], E_hw[x^2]
+    sums = moms if sums is None else [a + b for a, b in zip(sums, moms)]
     seen += int(keep.sum())
     if seen >= num_images:
       break
+  if not seen:
+    raise ValueError(f"No {split} images to measure {run_dir} on.")
   stds = []
-  for s, sq, n in sums:  # per-channel std over images and positions, then the mean over channels
-    mean = s / n
-    stds.append(float(np.mean(np.sqrt(np.maximum(sq / n - mean ** 2, 0)))))
-  return np.asarray(stds)
+  for s, sq in sums:  # per-channel std over images and positions, then the mean over channels
+    mean = s / seen
+    stds.append(float(np.mean(np.sqrt(np.maximum(sq / seen - mean ** 2, 0)))))
+  return (np.asarray(stds), names) if return_names else np.asarray(stds)
+
+
+def has_checkpoint(run_dir: str) -> bool:
+  ckpts = os.path.join(run_dir, "checkpoints")
+  return os.path.isdir(ckpts) and any(s.isdigit() for s in os.listdir(ckpts))
+
+
+def response_stds(workdir: str, split: str = "test", num_images: int = 500) -> dict:
+  """{run: per-layer stds} for every CIFAR-style run of the workdir that has a checkpoint (Fig. 7 is CIFAR)."""
+  runs = load_runs(workdir)
+  return {r.run: layer_response_std(r.dir, split, num_images) for r in runs.itertuples()
+          if r.dataset != IMAGENET and has_checkpoint(r.dir)}
 
 
 def plot_fig7(stds: dict):
   """stds: {label: per-layer stds}. Top: layer index; bottom: sorted by magnitude (descending)."""
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(2, 1, figsize=(8, 6))
   for label, s in stds.items():
-    style = "--" if label.startswith("plain") else "-"
+    style = "--" if label.startswith("plain") else "-"  # the paper: dashed plain nets, solid ResNets
     axes[0].plot(np.arange(1, len(s) + 1), s, style, label=label)
     axes[1].plot(np.arange(1, len(s) + 1), np.sort(s)[::-1], style, label=label)
   axes[0].set_xlabel("layer index (original)")
@@ -78,6 +117,7 @@ def plot_fig7(stds: dict):
   for ax in axes:
     ax.set_ylabel("std")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if stds:
+      ax.legend(fontsize=8)
   fig.tight_layout()
   return fig

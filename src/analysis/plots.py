@@ -1,49 +1,52 @@
-"""The paper's training-curve figures from `load_metrics` tables. Errors are in %."""
-import matplotlib
-
-matplotlib.use("Agg")  # headless: notebooks display the returned figures themselves
-import matplotlib.pyplot as plt  # noqa: E402
+"""The paper's training-curve figures (Fig. 1, 4, 6) from `load_metrics` tables. Errors are in %."""
+import matplotlib.pyplot as plt  # the backend is the caller's: inline in notebooks, Agg in src/report.py
 
 COLORS = plt.get_cmap("tab10")
+LABELS = {"plain": "plain", "resnet": "ResNet"}
 
 
-def _curves(ax, df, eval_key, title):
-  depths = sorted(d for d in df["depth"].dropna().unique())
-  for i, depth in enumerate(depths):
-    run = df[df["depth"] == depth].sort_values("step")
-    color = COLORS(i % 10)
+def _colors(df):
+  """One colour per depth, the same in both panels, so plain-20 and ResNet-20 match as in the paper."""
+  return {d: COLORS(i % 10) for i, d in enumerate(sorted(df["depth"].dropna().unique()))}
+
+
+def _curves(ax, df, net, eval_key, colors):
+  runs = df[df["net"] == net]
+  for depth in sorted(runs["depth"].dropna().unique()):
+    run = runs[runs["depth"] == depth].sort_values("step")
     train = run.dropna(subset=["train/error"])
-    ax.plot(train["step"], train["train/error"], "--", lw=0.8, color=color)  # thin dashed: training error
+    ax.plot(train["step"], train["train/error"], "--", lw=0.8, color=colors[depth])  # thin dashed: training
     if eval_key in run:
       ev = run.dropna(subset=[eval_key])
-      ax.plot(ev["step"], ev[eval_key], "-", lw=2.2, color=color, label=f"{title.split()[0]}-{depth}")
+      ax.plot(ev["step"], ev[eval_key], "-", lw=2.2, color=colors[depth], label=f"{LABELS[net]}-{depth}")
   ax.set_xlabel("iterations")
   ax.set_ylabel("error (%)")
-  ax.set_title(title)
+  ax.set_title(f"{LABELS[net]} nets" if net == "plain" else "ResNets")
   ax.grid(alpha=0.3)
-  if depths:
+  if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
 
 
 def plot_fig6(df, eval_key="test/error"):
-  """Fig. 6: plain nets (left), ResNets (right); dashed = training error, bold = test error."""
+  """Fig. 6: plain nets (left), ResNets (right); thin dashed = training error, bold = `eval_key` error."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-  _curves(axes[0], df[df["net"] == "plain"], eval_key, "plain nets")
-  _curves(axes[1], df[df["net"] == "resnet"], eval_key, "resnet nets")
+  colors = _colors(df)
+  for ax, net in zip(axes, ("plain", "resnet")):
+    _curves(ax, df, net, eval_key, colors)
   fig.suptitle(f"dashed: training error, bold: {eval_key.split('/')[0]} error")
   fig.tight_layout()
   return fig
 
 
 def plot_fig4(df):
-  """Fig. 4 (ImageNet): the same layout as Fig. 6, with the validation error (centre crop) in bold."""
+  """Fig. 4 (ImageNet): the layout of Fig. 6 with the validation error (centre crop) in bold."""
   return plot_fig6(df, eval_key="val/error")
 
 
 def plot_fig1(df):
   """Fig. 1: the shallowest vs the deepest plain net, training error (left) and test error (right)."""
   plain = df[df["net"] == "plain"]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)  # test error is logged less often: same x range
   depths = sorted(plain["depth"].dropna().unique())
   chosen = [depths[0], depths[-1]] if len(depths) > 1 else depths
   for i, depth in enumerate(chosen):
@@ -56,6 +59,7 @@ def plot_fig1(df):
     ax.set_xlabel("iterations")
     ax.set_ylabel(name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend()
   fig.tight_layout()
   return fig

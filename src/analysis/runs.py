@@ -1,4 +1,4 @@
-"""Loading a workdir (one run, or a sweep of runs in subdirectories) into tidy tables."""
+"""Loading a workdir (one run, or a sweep of runs in subdirectories) into tidy tables. Errors are in %."""
 import json
 import os
 import re
@@ -8,11 +8,15 @@ import pandas as pd
 from src import paper
 from src.metrics import read_metrics
 
+IMAGENET = "imagenet2012"  # config.data.name of ImageNet runs (Fig. 4, Tables 2-4)
+
 
 def run_dirs(workdir: str) -> list:
   """Run directories under `workdir` (itself, if it is a run): those with a metrics.jsonl."""
   if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
     return [workdir]
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"No such workdir: {workdir}")
   return sorted(os.path.join(workdir, d) for d in os.listdir(workdir)
                 if os.path.exists(os.path.join(workdir, d, "metrics.jsonl")))
 
@@ -25,55 +29,97 @@ def _json(path):
 
 
 def describe(model_name: str) -> dict:
+  """'cifar_plain56' -> net 'plain', depth 56 (the registry's names; see src/models)."""
   m = re.fullmatch(r"(cifar_)?(resnet|plain|vgg)(\d+)", model_name)
   return {"net": m.group(2), "depth": int(m.group(3))} if m else {"net": model_name, "depth": None}
 
 
+def _is_error(key: str) -> bool:
+  return "/" in key and key.endswith("error")  # train/error, val/error, test/error, val/top5_error, ...
+
+
 def load_runs(workdir: str) -> pd.DataFrame:
-  """One row per run: name, model, net (plain/resnet), depth, dataset, params, steps, final errors and,
-  for CIFAR-10 ResNets, the paper's Table 6 test error (in %)."""
+  """One row per run: run (its directory name), name, model, net (plain/resnet), depth, shortcut, dataset,
+  params, steps, finished, wall_time_s, the final errors and, for CIFAR-10 runs, Table 6's test error."""
   rows = []
   for d in run_dirs(workdir):
     config, result = _json(os.path.join(d, "config.json")), _json(os.path.join(d, "result.json"))
     model = result.get("model") or config.get("model", {}).get("name", "")
     dataset = result.get("dataset") or config.get("data", {}).get("name")
-    metrics = read_metrics(os.path.join(d, "metrics.jsonl"))
     last = {}
-    for r in metrics:  # the newest value of each metric
+    for r in read_metrics(os.path.join(d, "metrics.jsonl")):  # newest value of each metric: unfinished runs
       last.update(r)
-    row = {"run": os.path.basename(os.path.normpath(d)), "dir": d, "model": model, **describe(model),
-           "dataset": dataset, "params": result.get("params"), "steps": last.get("step"),
+    last.update({k: v for k, v in result.items() if _is_error(k)})  # a finished run's own final numbers win
+    run = os.path.basename(os.path.normpath(d))
+    row = {"run": run, "name": result.get("name") or config.get("name") or run, "dir": d, "model": model,
+           **describe(model), "shortcut": config.get("model", {}).get("shortcut"), "dataset": dataset,
+           "params": result.get("params"), "steps": result.get("steps", last.get("step")),
            "finished": bool(result), "wall_time_s": result.get("wall_time_s")}
-    for key in ("train/error", "val/error", "test/error", "test/top5_error"):
-      if key in last:
-        row[key] = 100 * last[key]
+    row.update({k: 100 * v for k, v in sorted(last.items()) if _is_error(k)})
+    # Table 6 is CIFAR-10: beside a run on other data (mnist5k) it would mislead.
     row["paper test/error"] = paper.CIFAR_TEST_ERROR.get(model) if dataset == "cifar10" else None
     rows.append(row)
   return pd.DataFrame(rows)
 
 
 def load_metrics(workdir: str) -> pd.DataFrame:
-  """Every logged row of every run, wide: run, net, depth, step, and one column per metric (errors in %)."""
+  """Every logged row of every run, wide: run, net, depth, dataset, step, then one column per metric as in
+  metrics.jsonl (train/error every log_every steps; val/ and test/ columns only at evaluations, else NaN)."""
   frames = []
   for run in load_runs(workdir).itertuples():
     df = pd.DataFrame(read_metrics(os.path.join(run.dir, "metrics.jsonl")))
     for col in df.columns:
-      if col.endswith("error"):
+      if _is_error(col):
         df[col] = 100 * df[col]
-    df.insert(0, "run", run.run)
-    df.insert(1, "net", run.net)
-    df.insert(2, "depth", run.depth)
+    for i, (key, value) in enumerate((("run", run.run), ("net", run.net), ("depth", run.depth),
+                                      ("dataset", run.dataset))):
+      df.insert(i, key, value)
     frames.append(df)
   return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def table6(workdir: str) -> pd.DataFrame:
-  """Table 6: each run's test error beside the paper's (CIFAR-10 runs only carry the paper's number)."""
-  runs = load_runs(workdir).sort_values(["net", "depth"])
-  cols = ["run", "model", "params", "steps", "train/error", "val/error", "test/error", "paper test/error"]
+  """Table 6: each run's test error beside the paper's (only CIFAR-10 ResNets have a paper number)."""
+  runs = load_runs(workdir)
+  runs = runs[runs["dataset"] != IMAGENET].sort_values(["net", "depth"])
+  cols = ["run", "model", "dataset", "params", "steps", "train/error", "val/error", "test/error", "paper test/error"]
   out = runs[[c for c in cols if c in runs]].reset_index(drop=True)
-  out["params"] = out["params"].map(lambda p: f"{p / 1e6:.2f}M" if p == p and p is not None else "-")
+  out["params"] = out["params"].map(_millions)
   return out
+
+
+def _millions(p):
+  return "-" if p is None or p != p else f"{p / 1e6:.2f}M"
+
+
+def _paper_key(model: str, shortcut) -> str:
+  """src.paper's ImageNet key: ResNet-34 is reported per shortcut option (Table 3), the others by name."""
+  return f"{model}:{shortcut}" if f"{model}:{shortcut}" in paper.IMAGENET_10CROP else model
+
+
+def imagenet_table(workdir: str) -> pd.DataFrame:
+  """Tables 2-4: each ImageNet run's validation top-1 (and top-5, where logged) beside the paper's 10-crop and
+  multi-scale numbers. The runs' errors are single centre-crop: compare trends, not the last digit."""
+  runs = load_runs(workdir)
+  runs = runs[runs["dataset"] == IMAGENET].sort_values(["net", "depth"]) if len(runs) else runs
+  rows = []
+  for r in runs.to_dict("records"):
+    key = _paper_key(r["model"], r["shortcut"])
+    top5 = next((r[k] for k in r if k.startswith("val/top5") and r[k] == r[k]), None)
+    ten, multi = paper.IMAGENET_10CROP.get(key, (None, None)), paper.IMAGENET_MULTISCALE.get(key, (None, None))
+    rows.append({"run": r["run"], "model": r["model"], "shortcut": r["shortcut"], "params": _millions(r["params"]),
+                 "steps": r["steps"], "top-1": r.get("val/error"), "top-5": top5, "paper 10-crop top-1": ten[0],
+                 "paper 10-crop top-5": ten[1], "paper multi-scale top-1": multi[0],
+                 "paper multi-scale top-5": multi[1]})
+  return pd.DataFrame(rows)
+
+
+def paper_imagenet() -> pd.DataFrame:
+  """The paper's ImageNet numbers (Tables 2-4, top-1 / top-5 validation error in %), from src.paper."""
+  return pd.DataFrame([{"net": k, "10-crop top-1": v[0], "10-crop top-5": v[1],
+                        "multi-scale top-1": paper.IMAGENET_MULTISCALE.get(k, (None, None))[0],
+                        "multi-scale top-5": paper.IMAGENET_MULTISCALE.get(k, (None, None))[1]}
+                       for k, v in paper.IMAGENET_10CROP.items()])
 
 
 def to_markdown(df: pd.DataFrame) -> str:

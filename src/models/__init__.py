@@ -11,6 +11,7 @@
 import re
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
@@ -76,7 +77,8 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   conv_fn = conv_general_dilated
   if conv_chunk:
     from src.models.conv import chunked_conv
-    conv_fn = chunked_conv(conv_chunk)
+    # Each chunk takes rows from every device's shard of the batch, so no device idles under SPMD.
+    conv_fn = chunked_conv(conv_chunk, shards=jax.device_count())
   conv, norm = make_conv_norm(dtype=DTYPES[dtype], bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
                               bn_group_size=bn_group_size, conv_general_dilated=conv_fn)
   common = dict(conv=conv, norm=norm, residual=kind == "resnet", shortcut=shortcut, num_classes=num_classes,

@@ -158,8 +158,12 @@ def use_scan(scan, num_blocks: int) -> bool:
   """scan=True/False, or "auto": scan only stages of more than 20 blocks (ResNet-101/152/1202).
   Scanning keeps compile time flat in depth, but XLA:CPU runs the scanned step about 10x slower
   (measured: ResNet-20 batch 128, 19 vs 240 img/s), so shallower nets are unrolled."""
-  if scan == "auto":
-    return num_blocks > SCAN_AUTO_MIN_BLOCKS
+  if isinstance(scan, str):  # configs hold a string: "auto", "true" or "false"
+    if scan.lower() not in ("auto", "true", "false"):
+      raise ValueError(f"scan must be 'auto', 'true' or 'false', got {scan!r}.")
+    if scan.lower() == "auto":
+      return num_blocks > SCAN_AUTO_MIN_BLOCKS
+    return scan.lower() == "true"
   return bool(scan)
 
 

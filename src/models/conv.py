@@ -76,7 +76,7 @@ def _chunked(spec: _Spec, lhs, rhs):
 
 
 def _forward(spec, lhs, rhs):
-  chunk_dx, chunk_fwd, order = spec.options
+  chunk_dx, chunk_fwd, order = spec.options[:3]
   if not chunk_fwd:
     return spec.conv(lhs, rhs)
   lb, ob = spec.dimension_numbers.lhs_spec[0], spec.dimension_numbers.out_spec[0]
@@ -84,34 +84,52 @@ def _forward(spec, lhs, rhs):
   return lax.concatenate(outs, ob)
 
 
+def _chunk(x, axis, k, chunk, shards):
+  """Examples of chunk k: with `shards` contiguous blocks (devices) along `axis`, chunk k takes
+  examples [k*chunk, (k+1)*chunk) of every block, so that under SPMD each device works on its own rows."""
+  if shards == 1:
+    return lax.slice_in_dim(x, k * chunk, (k + 1) * chunk, axis=axis)
+  n = x.shape[axis]
+  shape = list(x.shape)
+  shape[axis:axis + 1] = [shards, n // (shards * chunk), chunk]
+  xk = lax.index_in_dim(x.reshape(shape), k, axis + 1, keepdims=False)
+  shape = list(xk.shape)
+  shape[axis:axis + 2] = [shards * chunk]
+  return xk.reshape(shape)
+
+
 def _chunked_fwd(spec, lhs, rhs):
   return _forward(spec, lhs, rhs), (lhs, rhs)
 
 
 def _chunked_bwd(spec, res, g):
-  lhs, rhs = res
-  chunk_dx, chunk_fwd, order = spec.options
+  x, rhs = res
+  chunk_dx, chunk_fwd, order = spec.options[:3]
+  shards = spec.options[3]
   dn = spec.dimension_numbers
   lb, ob = dn.lhs_spec[0], dn.out_spec[0]
-  n = lhs.shape[lb]
+  n = g.shape[ob]
+  lhs_aval = jax.ShapeDtypeStruct(x.shape, x.dtype)
+  ranges = _chunks(n, spec.chunk)
   # Input gradient: the ordinary transposed convolution (optionally per chunk, concatenated).
   if chunk_dx:
     dls = []
-    for a, b in _chunks(n, spec.chunk):
-      xs = jax.ShapeDtypeStruct(lax.slice_in_dim(lhs, a, b, axis=lb).shape, lhs.dtype)
-      t = jax.linear_transpose(lambda x: spec.conv(x, rhs), xs)
+    for a, b in ranges:
+      shp = list(lhs_aval.shape); shp[lb] = b - a
+      t = jax.linear_transpose(lambda v: spec.conv(v, rhs), jax.ShapeDtypeStruct(tuple(shp), lhs_aval.dtype))
       dls.append(t(lax.slice_in_dim(g, a, b, axis=ob))[0])
     dlhs = lax.concatenate(dls, lb)
   else:
-    dlhs, = jax.linear_transpose(lambda x: spec.conv(x, rhs), jax.ShapeDtypeStruct(lhs.shape, lhs.dtype))(g)
+    dlhs, = jax.linear_transpose(lambda v: spec.conv(v, rhs), lhs_aval)(g)
   # Kernel gradient: sum over batch chunks of the per-chunk transposed convolution. Low-precision
   # inputs are accumulated in float32 and rounded once.
   low = jnp.dtype(rhs.dtype).itemsize < 4 and jnp.issubdtype(rhs.dtype, jnp.floating)
   acc = jnp.float32 if low else rhs.dtype
   parts = []
-  for a, b in _chunks(n, spec.chunk):
-    xs = lax.slice_in_dim(lhs, a, b, axis=lb).astype(acc)
-    gs = lax.slice_in_dim(g, a, b, axis=ob).astype(acc)
+  per = spec.chunk * shards
+  for k in range(n // per):
+    xs = _chunk(x, lb, k, spec.chunk, shards).astype(acc)
+    gs = _chunk(g, ob, k, spec.chunk, shards).astype(acc)
     t = jax.linear_transpose(lambda r: spec.conv(xs, r, preferred_element_type=acc),
                              jax.ShapeDtypeStruct(rhs.shape, acc))
     parts.append(t(gs)[0])
@@ -123,12 +141,12 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 def chunked_conv(chunk: int, *, chunk_dx: bool = False, chunk_fwd: bool = False,
-                 sum_order: str = "seq") -> Callable:
+                 sum_order: str = "seq", shards: int = 1) -> Callable:
   """Returns a function with `lax.conv_general_dilated`'s signature and semantics whose kernel
   gradient is computed as a sum over batch chunks of `chunk` examples."""
   if chunk < 0:
     raise ValueError(f"chunk must be >= 0, got {chunk}")
-  options = (bool(chunk_dx), bool(chunk_fwd), sum_order)
+  options = (bool(chunk_dx), bool(chunk_fwd), sum_order, int(shards))
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                            dimension_numbers=None, feature_group_count=1, batch_group_count=1,
@@ -143,7 +161,7 @@ def chunked_conv(chunk: int, *, chunk_dx: bool = False, chunk_fwd: bool = False,
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     n = lhs.shape[dn.lhs_spec[0]]
-    if n <= chunk or n % chunk:
+    if n <= chunk * shards or n % (chunk * shards):
       return plain()
     spec = _Spec(tuple(int(s) for s in window_strides), _hashable_padding(padding),
                  _tuple_or_none(lhs_dilation), _tuple_or_none(rhs_dilation), dn, int(feature_group_count),
