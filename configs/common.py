@@ -50,9 +50,13 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.num_steps = 64_000                     # about 182 epochs of 45k images
 
   c.schedule = ml_collections.ConfigDict()
+  c.schedule.kind = "step"                 # 'step': x factor at the boundaries; 'plateau': when val error plateaus
   c.schedule.base_lr = 0.1
   c.schedule.boundaries = (32_000, 48_000)  # iterations, not epochs
   c.schedule.factor = 0.1
+  c.schedule.plateau_metric = "val/error"  # kind 'plateau' only: the monitored error ...
+  c.schedule.plateau_patience = 5          # ... x factor after this many evaluations without an improvement
+  c.schedule.plateau_min_delta = 0.001     # ... of more than this (0.1 points of error)
   c.schedule.warmup_lr = 0.0               # ResNet-110: 0.01 ...
   c.schedule.warmup_until_error = 0.8      # ... until the training error is below 80% ...
   c.schedule.warmup_max_steps = 400        # ... or 400 iterations pass; then back to base_lr for good
@@ -63,6 +67,11 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.optim.momentum_form = "caffe"          # v = m v + lr g (Caffe); 'optax': v = m v + g, w -= lr v
   c.optim.nesterov = False
   c.optim.decay_bn_and_bias = True         # unspecified in the paper; Caffe decays every parameter
+
+  c.eval = ml_collections.ConfigDict()     # mode='eval': evaluate the workdir's newest checkpoint
+  c.eval.split = "test"
+  c.eval.protocols = ("center",)           # CIFAR: the test image as is; ImageNet adds 'ten_crop', 'multiscale'
+  c.eval.ensemble = ()                     # more workdirs whose newest checkpoints join an ensemble (Table 5)
 
   c.steps_per_call = 1                     # >1: that many steps per jitted call (lax.scan); less overhead on GPU
   c.log_every = 100
@@ -86,4 +95,55 @@ def mnist5k_preset(c: ml_collections.ConfigDict, steps: int) -> ml_collections.C
   c.eval_every = max(1, round(steps / 4 / c.log_every)) * c.log_every  # about 4 evaluations per run
   c.checkpoint_every = c.eval_every
   c.model.conv_chunk = 16 if c.batch_size > 16 else 0
+  return c
+
+
+IMAGENET_TRAIN_SIZE = 1_281_167
+
+
+def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe (Sec. 3.4): batch 256, lr 0.1 divided by 10 when the validation error
+  plateaus, up to 60e4 iterations, momentum 0.9, weight decay 1e-4, no dropout; scale augmentation."""
+  c = cifar_recipe(model_name)
+  c.name = model_name
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "imagenet2012"
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)    # tfds data_dir
+  c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # default <data_dir>/downloads/manual
+  c.data.crop = 224
+  c.data.scale_min = 256                  # shorter side uniform in [256, 480], then a random 224 crop
+  c.data.scale_max = 480
+  c.data.flip = True
+  c.data.color_pca = 0.1                  # AlexNet's PCA colour augmentation (std of alpha); 0 = off
+  c.data.mean = "pixel"                   # per-pixel mean (paper); 'channel': per-channel
+  c.data.mean_images = 10_000             # training images the mean is computed from (cached)
+  c.data.eval_resize = 256                # centre crop and 10-crop: shorter side 256
+  c.data.multiscale = (224, 256, 384, 480, 640)  # fully convolutional testing (Table 3/4)
+  c.data.multiscale_round = 32            # longer side rounded to a multiple: bounded number of shapes
+  c.data.shuffle_buffer = 10_000
+  c.data.train_split = "train"
+  c.data.val_split = "validation"         # the 50k ILSVRC validation images, the paper's 'val'
+
+  c.model.shortcut = None                 # the family's default: B (projections where dimensions increase)
+  c.model.bn_group_size = 32              # per-device BN of 32 images: a 256 batch on 8 GPUs (fb.resnet.torch)
+
+  c.batch_size = 256
+  c.eval_batch_size = 512
+  steps_per_epoch = -(-IMAGENET_TRAIN_SIZE // c.batch_size)  # 5005
+  c.num_steps = 600_000                   # the paper's cap: "up to 60 x 10^4 iterations"
+  c.schedule.kind = "plateau"
+  c.schedule.boundaries = (30 * steps_per_epoch, 60 * steps_per_epoch)  # kind 'step': the common 30/60/90 epochs
+  c.eval.split = "val"
+  c.eval.protocols = ("center", "ten_crop", "multiscale")
+  c.log_every = 500
+  c.eval_every = steps_per_epoch - steps_per_epoch % c.log_every  # about once an epoch
+  c.checkpoint_every = c.eval_every
+  return c
+
+
+def fixed_epoch_schedule(c: ml_collections.ConfigDict, epochs: int = 90) -> ml_collections.ConfigDict:
+  """The common alternative to the plateau rule: x0.1 at epochs 30 and 60, stop at 90."""
+  steps_per_epoch = -(-IMAGENET_TRAIN_SIZE // c.batch_size)
+  c.schedule.kind = "step"
+  c.num_steps = epochs * steps_per_epoch - (epochs * steps_per_epoch) % c.log_every
   return c

@@ -5,8 +5,9 @@ import os
 import jax
 
 from src import models
+from src.data import DATASETS
 
-DATASETS = ("cifar10", "mnist5k")
+PROTOCOLS = ("center", "ten_crop", "multiscale")
 
 
 class ConfigError(ValueError):
@@ -39,8 +40,33 @@ def validate(config, *, device_count=None, process_count=None):
          f"must be one of {list(models.SHORTCUTS)} (or None for the paper's default), got {m.shortcut!r}.")
   _check(m.dtype in models.DTYPES, "model.dtype", f"must be one of {sorted(models.DTYPES)}, got {m.dtype!r}.")
   _check(config.data.name in DATASETS, "data.name", f"must be one of {list(DATASETS)}, got {config.data.name!r}.")
-  _check(isinstance(config.data.val_size, int) and config.data.val_size >= 0, "data.val_size",
-         f"must be an integer >= 0 (0 trains on the whole train split), got {config.data.val_size!r}.")
+  imagenet = config.data.name == "imagenet2012"
+  if imagenet:
+    d = config.data
+    _positive_int(config, "data.crop")
+    _check(d.crop <= d.scale_min <= d.scale_max, "data.scale_min",
+           f"need crop <= scale_min <= scale_max (paper: 224 <= 256 <= 480), got {d.crop}, {d.scale_min}, "
+           f"{d.scale_max}.")
+    _check(d.eval_resize >= d.crop, "data.eval_resize", f"must be >= data.crop ({d.crop}), got {d.eval_resize!r}.")
+    _check(d.mean in ("pixel", "channel"), "data.mean", f"must be 'pixel' or 'channel', got {d.mean!r}.")
+    _check(len(d.multiscale) > 0 and all(isinstance(x, int) and x > 0 for x in d.multiscale), "data.multiscale",
+           f"must be positive shorter sides (paper: 224, 256, 384, 480, 640), got {d.multiscale!r}.")
+    _check(d.color_pca >= 0, "data.color_pca", f"must be >= 0 (0 = off), got {d.color_pca!r}.")
+  else:
+    _check(isinstance(config.data.val_size, int) and config.data.val_size >= 0, "data.val_size",
+           f"must be an integer >= 0 (0 trains on the whole train split), got {config.data.val_size!r}.")
+  has_val = imagenet or config.data.val_size > 0
+  _check(config.get("mode", "train") in ("train", "eval"), "mode",
+         f"must be 'train' or 'eval' (evaluate the newest checkpoint), got {config.get('mode')!r}.")
+  if "eval" in config:
+    e = config.eval
+    _check(e.split in (("val",) if imagenet else ("val", "test")) and (e.split != "val" or has_val), "eval.split",
+           f"must be a split this dataset has ({'val' if imagenet else 'test, or val with data.val_size > 0'}), "
+           f"got {e.split!r}.")
+    valid = PROTOCOLS if imagenet else ("center",)
+    _check(len(e.protocols) > 0 and all(p in valid for p in e.protocols), "eval.protocols",
+           f"must be some of {list(valid)} for {config.data.name}, got {list(e.protocols)!r}.")
+    _check(not isinstance(e.ensemble, str), "eval.ensemble", "must be a tuple of workdirs, e.g. '(\"runs/a\",)'.")
   batch = _positive_int(config, "batch_size")
   _check(batch % device_count == 0, "batch_size",
          f"{batch} is not divisible by the {device_count} devices of this job; use a multiple of {device_count}.")
@@ -73,6 +99,15 @@ def validate(config, *, device_count=None, process_count=None):
   _check(list(s.boundaries) == sorted(s.boundaries) and all(0 < b for b in s.boundaries), "schedule.boundaries",
          f"must be increasing positive step numbers, got {list(s.boundaries)!r}.")
   _check(0 < s.factor <= 1, "schedule.factor", f"must be in (0, 1], got {s.factor!r}.")
+  kind = s.get("kind", "step")
+  _check(kind in ("step", "plateau"), "schedule.kind",
+         f"must be 'step' (x factor at the boundaries) or 'plateau' (when the val error plateaus), got {kind!r}.")
+  if kind == "plateau":
+    _check(has_val, "schedule.kind", "'plateau' watches the validation error: set data.val_size > 0.")
+    _check(s.plateau_metric in ("val/error", "val/top5_error", "val/loss"), "schedule.plateau_metric",
+           f"must be 'val/error', 'val/top5_error' or 'val/loss', got {s.plateau_metric!r}.")
+    _positive_int(config, "schedule.plateau_patience")
+    _check(s.plateau_min_delta >= 0, "schedule.plateau_min_delta", f"must be >= 0, got {s.plateau_min_delta!r}.")
   _check(s.warmup_lr >= 0, "schedule.warmup_lr", f"must be >= 0 (0 = no warm-up), got {s.warmup_lr!r}.")
   _check(0 < s.warmup_until_error <= 1, "schedule.warmup_until_error",
          f"is a training error fraction in (0, 1] (paper: 0.8), got {s.warmup_until_error!r}.")

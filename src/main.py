@@ -42,7 +42,13 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir()
   try:
     check_workdir(workdir)
-    if config.get("sweep"):
+    if config.get("mode", "train") == "eval":
+      if config.get("sweep"):
+        raise ConfigError("mode=eval evaluates one run: use a single-run config (e.g. configs/cifar_resnet.py) "
+                          "with --workdir=<sweep workdir>/<run name>.")
+      from src.evaluate import run_eval
+      run_eval(config, workdir)
+    elif config.get("sweep"):
       from src.sweep import run_sweep
       run_sweep(config, workdir)
     else:

@@ -3,8 +3,10 @@
 The learning rate lives in the optimiser state (optax.inject_hyperparams), so the train step can set it
 from the schedule and the ResNet-110 warm-up flag, and a checkpoint holds it.
 """
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -44,15 +46,48 @@ def make_optimizer(config, params):
 
 
 def make_schedule(config):
-  """Step schedule: base_lr, multiplied by `factor` at each boundary (CIFAR: 0.1 at 32k and 48k)."""
+  """kind 'step': base_lr, multiplied by `factor` at each boundary (CIFAR: 0.1 at 32k and 48k; ImageNet's
+  common fixed-epoch form: epochs 30 and 60). kind 'plateau': base_lr times PlateauState.scale."""
   s = config.schedule
+  if s.get("kind", "step") == "plateau":
+    return optax.constant_schedule(s.base_lr)
   return optax.piecewise_constant_schedule(s.base_lr, {int(b): s.factor for b in s.boundaries})
 
 
-def learning_rate(schedule, config, step, warmup_done):
+@flax.struct.dataclass
+class PlateauState:
+  """The paper's ImageNet rule, "divided by 10 when the error plateaus" (Sec. 3.4), as checkpointed state."""
+  best: jax.Array    # lowest monitored (validation) error so far
+  waited: jax.Array  # evaluations since it last improved by more than plateau_min_delta
+  scale: jax.Array   # product of the factors applied so far; multiplies the lr
+
+
+def plateau_init() -> PlateauState:
+  return PlateauState(best=jnp.asarray(np.inf, jnp.float32), waited=jnp.zeros((), jnp.int32),
+                      scale=jnp.ones((), jnp.float32))
+
+
+def plateau_update(config, p: PlateauState, error: float) -> PlateauState:
+  """After an evaluation: an error that is not `plateau_min_delta` below the best for `plateau_patience`
+  evaluations in a row multiplies the lr by `factor` (and the count starts again). Host-side, on floats."""
+  s = config.schedule
+  if s.get("kind", "step") != "plateau":
+    return p
+  best, waited, scale = float(p.best), int(p.waited), float(p.scale)
+  if error < best - s.plateau_min_delta:
+    best, waited = error, 0
+  else:
+    best, waited = min(best, error), waited + 1
+  if waited >= s.plateau_patience:
+    scale, waited = scale * s.factor, 0
+  return PlateauState(best=np.float32(best), waited=np.int32(waited), scale=np.float32(scale))
+
+
+def learning_rate(schedule, config, step, warmup_done, scale=1.0):
   """The lr for this step. ResNet-110's warm-up (Sec. 4.2): warmup_lr until the training error first
-  falls below warmup_until_error (or warmup_max_steps pass), then back to the schedule for good."""
-  lr = schedule(step)
+  falls below warmup_until_error (or warmup_max_steps pass), then back to the schedule for good.
+  `scale`: the plateau rule's factor (1 for step schedules)."""
+  lr = schedule(step) * scale
   s = config.schedule
   if s.warmup_lr:
     lr = jnp.where(warmup_done, lr, s.warmup_lr)

@@ -40,3 +40,9 @@ def global_batch(local_batch: dict, mesh, leading_axes: int = 0) -> dict:
   """Assembles each process's slice of the batch into global arrays split over all devices."""
   sharding = batch_sharded(mesh, leading_axes)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def replicate(tree, mesh):
+  """A pytree of host (or single-device) arrays, identical on every process, as replicated global arrays."""
+  sharding = replicated(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)

@@ -29,6 +29,7 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   warmup_done: jax.Array  # ResNet-110's warm-up has ended (sticky)
+  plateau: optim.PlateauState  # the plateau schedule's lr factor and its evidence (ImageNet, Sec. 3.4)
 
 
 def normalize(images, mean):
@@ -42,7 +43,7 @@ def create_state(config, model, image_shape, mesh):
     tx = optim.make_optimizer(config, variables["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
-                      warmup_done=jnp.zeros((), bool))
+                      warmup_done=jnp.zeros((), bool), plateau=optim.plateau_init())
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
   return state, optim.make_optimizer(config, state.params)
 
@@ -52,7 +53,7 @@ def make_train_step(config, model, tx, mean):
 
   def train_step(state: TrainState, batch):
     images, labels = normalize(batch["image"], mean), batch["label"]
-    lr = optim.learning_rate(schedule, config, state.step, state.warmup_done)
+    lr = optim.learning_rate(schedule, config, state.step, state.warmup_done, state.plateau.scale)
 
     def loss_fn(params):
       logits, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
@@ -67,7 +68,8 @@ def make_train_step(config, model, tx, mean):
     error = jnp.mean(jnp.argmax(logits, -1) != labels)
     new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                            batch_stats=batch_stats, opt_state=opt_state,
-                           warmup_done=optim.warmup_finished(config, state.step, state.warmup_done, error))
+                           warmup_done=optim.warmup_finished(config, state.step, state.warmup_done, error),
+                           plateau=state.plateau)
     return new_state, {"train/loss": loss, "train/error": error, "lr": lr}
 
   return train_step
@@ -92,7 +94,9 @@ def make_eval_step(model, mean):
     mask = batch["mask"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     wrong = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
-    return {"wrong": jnp.sum(wrong * mask), "loss": jnp.sum(loss * mask), "count": jnp.sum(mask)}
+    wrong5 = 1.0 - jnp.any(jax.lax.top_k(logits, 5)[1] == batch["label"][:, None], -1).astype(jnp.float32)
+    return {"wrong": jnp.sum(wrong * mask), "wrong5": jnp.sum(wrong5 * mask), "loss": jnp.sum(loss * mask),
+            "count": jnp.sum(mask)}
   return eval_step
 
 
@@ -103,7 +107,10 @@ def evaluate(eval_step, state, ds, split, local_batch, mesh) -> dict:
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
   n = float(totals["count"])
-  return {f"{split}/error": float(totals["wrong"]) / n, f"{split}/loss": float(totals["loss"]) / n}
+  out = {f"{split}/error": float(totals["wrong"]) / n, f"{split}/loss": float(totals["loss"]) / n}
+  if ds.num_classes > 10:  # ImageNet reports top-5 as well
+    out[f"{split}/top5_error"] = float(totals["wrong5"]) / n
+  return out
 
 
 class _Preemption:
@@ -170,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
-  if nproc > 1:  # each process reads its own shard; say which, so a mis-sharded job is easy to spot
+  if nproc > 1 and hasattr(ds, "train_images"):  # each process reads its own shard; say which, so a mis-sharded job is easy to spot
     print(f"process {pid}/{nproc}: {len(ds.train_labels)} of {ds.num_train} training examples, "
           f"shard fingerprint {hashlib.sha1(ds.train_images[:256].tobytes()).hexdigest()[:12]}, "
           f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
@@ -240,7 +247,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if step % config.eval_every == 0 or done:
           for split in ds.splits:
             row.update(evaluate(eval_step, state, ds, split, eval_batch, mesh))
-          progress.message("  ".join(f"{k} {100 * v:.2f}%" for k, v in row.items() if k.endswith("/error")))
+          progress.message("  ".join(f"{k} {100 * v:.2f}%" for k, v in row.items() if k.endswith("error")))
+          if config.schedule.get("kind", "step") == "plateau":  # the paper's ImageNet rule (Sec. 3.4)
+            plateau = optim.plateau_update(config, state.plateau, row[config.schedule.plateau_metric])
+            if float(plateau.scale) != float(state.plateau.scale):
+              progress.message(f"{config.schedule.plateau_metric} has plateaued: lr x{config.schedule.factor}")
+            state = state.replace(plateau=parallel.replicate(plateau, mesh))
         writer.write(step, row)
         last.update(row)
         if ckpt_now or preempt.requested:  # SIGTERM may have arrived during the evaluation above

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.fake_cifar import fake_cifar10_dir  # noqa: F401  (session fixture: a prepared fake CIFAR-10)
+from tests.fake_imagenet import fake_imagenet_dir  # noqa: F401  (session fixture: a prepared fake ImageNet)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import nbformat
 import numpy as np
+import pandas as pd
 import pytest
 from nbclient import NotebookClient
 from PIL import Image
@@ -49,6 +50,8 @@ def imagenet_workdir(tmp_path_factory):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "result.json").write_text(json.dumps({"name": run, "model": model, "dataset": "imagenet2012",
                                                "steps": 1000, "params": 21_800_000, **rows[-1]}))
+  evaluated = {"ten_crop": {"top1_error": 0.25, "top5_error": 0.08, "count": 50000}}  # as src.evaluate writes it
+  (workdir / "resnet34" / "eval.json").write_text(json.dumps({"members": [], "split": "val", "results": evaluated}))
   return str(workdir)
 
 
@@ -97,6 +100,8 @@ def test_imagenet_table_beside_the_paper(imagenet_workdir):
       paper.IMAGENET_10CROP["resnet34:B"]  # ResNet-34 is looked up by its shortcut option
   assert t.loc["resnet34", "paper multi-scale top-1"] == paper.IMAGENET_MULTISCALE["resnet34:B"][0]
   assert t.loc["plain18", "paper 10-crop top-1"] == paper.IMAGENET_10CROP["plain18"][0]
+  assert (t.loc["resnet34", "10-crop top-1"], t.loc["resnet34", "10-crop top-5"]) == (25.0, 8.0)  # from eval.json
+  assert pd.isna(t.loc["plain18", "10-crop top-1"]) and pd.isna(t.loc["resnet34", "multi-scale top-1"])
 
 
 def test_layer_responses_one_std_per_3x3_layer(sweep):

@@ -128,8 +128,8 @@ def test_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_survive(
   assert int(load_state(tmp_path)["step"]) == 30
 
 
-def bad(**changes):
-  c = cifar_recipe("cifar_resnet20")
+def bad(base=None, **changes):
+  c = base or cifar_recipe("cifar_resnet20")
   for key, value in changes.items():
     node = c
     *parents, leaf = key.split("__")
@@ -165,7 +165,30 @@ BAD_CONFIGS = [
     (dict(optim__momentum=1.0), "config.optim.momentum: must be in [0, 1)"),
     (dict(optim__weight_decay=-1e-4), "config.optim.weight_decay: must be >= 0"),
     (dict(optim__momentum_form="pytorch"), "config.optim.momentum_form: must be 'caffe'"),
+    (dict(schedule__kind="cosine"), "config.schedule.kind: must be 'step'"),
+    (dict(schedule__kind="plateau", data__val_size=0), "config.schedule.kind: 'plateau' watches the validation"),
+    (dict(schedule__kind="plateau", schedule__plateau_patience=0), "config.schedule.plateau_patience: must be a"),
+    (dict(mode="predict"), "config.mode: must be 'train' or 'eval'"),
+    (dict(eval__protocols=("ten_crop",)), "config.eval.protocols: must be some of ['center'] for cifar10"),
+    (dict(eval__split="val", data__val_size=0), "config.eval.split: must be a split this dataset has"),
 ]
+
+IMAGENET_BAD_CONFIGS = [
+    (dict(data__scale_min=200), "config.data.scale_min: need crop <= scale_min <= scale_max"),
+    (dict(data__eval_resize=128), "config.data.eval_resize: must be >= data.crop (224)"),
+    (dict(data__mean="image"), "config.data.mean: must be 'pixel' or 'channel'"),
+    (dict(data__multiscale=()), "config.data.multiscale: must be positive shorter sides"),
+    (dict(eval__protocols=("five_crop",)), "config.eval.protocols: must be some of ['center', 'ten_crop'"),
+    (dict(eval__split="test"), "config.eval.split: must be a split this dataset has (val)"),
+]
+
+
+@pytest.mark.parametrize("changes,message", IMAGENET_BAD_CONFIGS, ids=[m.split(":")[0] for _, m in IMAGENET_BAD_CONFIGS])
+def test_bad_imagenet_config_table(changes, message):
+  from configs.common import imagenet_recipe
+  with pytest.raises(ConfigError) as e:
+    validate(bad(base=imagenet_recipe(), **changes), device_count=8, process_count=1)
+  assert message in str(e.value)
 
 
 @pytest.mark.parametrize("changes,message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
@@ -179,6 +202,11 @@ def test_the_paper_configs_are_valid():
   from configs import cifar_depth_sweep, cifar_resnet
   from src.sweep import run_config
   validate(cifar_resnet.get_config("depth=110"), device_count=8, process_count=2)
+  from configs import imagenet_plain_vs_resnet, imagenet_resnet
+  for arg in ("depth=18", "depth=34,shortcut=A", "depth=50,schedule=epochs", "depth=152,v15", "depth=34,net=plain"):
+    validate(imagenet_resnet.get_config(arg), device_count=8, process_count=1)
+  for overrides in imagenet_plain_vs_resnet.get_config().sweep:
+    validate(run_config(imagenet_plain_vs_resnet.get_config(), overrides), device_count=256, process_count=32)
   for arg in (None, "mnist5k", "resnet1202"):
     sweep = cifar_depth_sweep.get_config(arg)
     for overrides in sweep.sweep:

@@ -13,7 +13,7 @@ import numpy as np
 
 from src.data.augment import random_crop_flip
 
-DATASETS = ("cifar10", "mnist5k")
+DATASETS = ("cifar10", "mnist5k", "imagenet2012")
 
 
 class DatasetMissingError(RuntimeError):
@@ -96,10 +96,14 @@ class InMemoryDataset:
             yield {"image": images[s], "label": labels[s], "mask": mask[s]}
 
 
-def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1) -> InMemoryDataset:
-    """data_config: name ('cifar10' | 'mnist5k'), data_dir (tfds; None = default), val_size (5000; held out
-    from the end of train; 0 = none; mnist5k caps it at 500), pad (4; 0 = no crop), flip (True)."""
+def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1):
+    """data_config: name ('cifar10' | 'mnist5k' | 'imagenet2012': a streamed ImageNetDataset, its fields in
+    src/data/imagenet.py), data_dir (tfds; None = default), val_size (5000; held out from the end of train;
+    0 = none; mnist5k caps it at 500), pad (4; 0 = no crop), flip (True)."""
     name = data_config.name
+    if name == "imagenet2012":
+        from src.data import imagenet
+        return imagenet.load(data_config, seed=seed, process_index=process_index, process_count=process_count)
     val_size = data_config.get("val_size", 5000)
     if name == "cifar10":
         from src.data import cifar

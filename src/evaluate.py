@@ -1,0 +1,140 @@
+"""Evaluation of saved checkpoints with the paper's test protocols, and ensembles (Tables 2-5).
+
+  python -m src.main --config=configs/imagenet_resnet.py:depth=50 --config.mode=eval
+  python -m src.main --config=configs/imagenet_resnet.py:depth=152 --config.mode=eval \\
+      --config.eval.protocols='("ten_crop",)' --config.eval.ensemble='("runs/imagenet_resnet-depth=101",)'
+
+Protocols (the image preparation is in src/data/imagenet.py):
+  center      shorter side 256, the central 224 crop (CIFAR: the test image as it is)
+  ten_crop    the four corners and the centre of that image, and of its mirror image (Tables 2, 3)
+  multiscale  fully convolutional on the whole image with shorter sides 224, 256, 384, 480, 640 (Table 4)
+Scores are softmax probabilities, averaged over crops, over scales and over the members of an ensemble
+(Table 5). Results go to <workdir>/eval.json, top-1 and top-5 error per protocol.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from src import checkpoint, data, models, paper, parallel
+from src.config_check import ConfigError, validate
+from src.train import normalize
+
+
+def load_member(run_dir: str, num_classes: int):
+  """(model, variables, config) of a run directory's newest checkpoint, built from its own config.json,
+  so an ensemble can mix depths and shortcut options."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"eval: {run_dir} holds no run (no config.json); train it first or fix eval.ensemble.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  state = checkpoint.load_saved_state(run_dir)
+  model = models.model_from_config(config.model, num_classes=num_classes)
+  config.step = int(state["step"])
+  return model, {"params": state["params"], "batch_stats": state["batch_stats"]}, config
+
+
+def _local_rows(x, mesh):
+  """This process's rows of a batch-sharded global array."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
+
+
+def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh):
+  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n])."""
+  probs, labels = [], []
+  if protocol == "multiscale":
+    # Whole images of varying shape, one at a time on this process's first device; the mean is the
+    # per-channel mean of the crop-sized mean image (it has no meaning at other sizes).
+    mean = jnp.asarray(ds.mean.mean(axis=(0, 1)))
+    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)))
+    variables = jax.device_put(variables, jax.local_devices()[0])
+    for item in ds.multiscale_batches(split):
+      if item["mask"][0]:
+        probs.append(np.mean([np.asarray(apply(variables, x))[0] for x in item["images"]], axis=0))
+        labels.append(int(item["label"][0]))
+    return np.asarray(probs, np.float32).reshape(len(labels), -1), np.asarray(labels, np.int32)
+
+  mean = jnp.asarray(ds.mean)
+
+  def scores(v, images):
+    crops = images.reshape((-1,) + images.shape[-3:])  # [b, 10, h, w, c] -> [10 b, h, w, c]
+    p = jax.nn.softmax(model.apply(v, normalize(crops, mean), train=False))
+    return p.reshape(images.shape[0], -1, p.shape[-1]).mean(axis=1)  # averaged over the crops
+
+  apply = jax.jit(scores, out_shardings=parallel.batch_sharded(mesh))
+  variables = parallel.replicate(variables, mesh)
+  batches = (ds.eval_batches(split, batch_size) if protocol == "center"  # every dataset's default
+             else ds.eval_batches(split, batch_size, protocol=protocol))
+  for batch in batches:
+    mask = batch.pop("mask")
+    p = _local_rows(apply(variables, parallel.global_batch({"image": batch["image"]}, mesh)["image"]), mesh)
+    probs.append(p[mask])
+    labels.append(batch["label"][mask])
+  return np.concatenate(probs), np.concatenate(labels).astype(np.int32)
+
+
+def topk_errors(probs, labels, ks=(1, 5)) -> dict:
+  """Top-k error counts of these examples: {'top1': wrong, 'top5': wrong, 'count': n}."""
+  ranked = np.argsort(-probs, axis=1, kind="stable")
+  out = {f"top{k}": int(np.sum(~np.any(ranked[:, :k] == labels[:, None], axis=1))) for k in ks}
+  out["count"] = len(labels)
+  return out
+
+
+def _global_sum(counts: dict) -> dict:
+  if jax.process_count() == 1:
+    return counts
+  keys = sorted(counts)
+  summed = multihost_utils.process_allgather(np.asarray([counts[k] for k in keys], np.int64)).sum(axis=0)
+  return dict(zip(keys, (int(v) for v in summed)))
+
+
+def paper_error(config, protocol: str):
+  """The paper's (top-1, top-5) error for this model and protocol, where it reports one."""
+  table = {"ten_crop": paper.IMAGENET_10CROP, "multiscale": paper.IMAGENET_MULTISCALE}.get(protocol, {})
+  name = config.model.name
+  return table.get(f"{name}:{config.model.shortcut}") or table.get(name)
+
+
+def run_eval(config, workdir: str, log=print) -> dict:
+  """Evaluates the newest checkpoint of `workdir` (with those of config.eval.ensemble: an ensemble)."""
+  validate(config)
+  members = [workdir, *config.eval.ensemble]
+  for run_dir in members:  # every member is checked before any data is read
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+      raise ConfigError(f"eval: no checkpoints in {run_dir}; train it first (mode=train) or fix eval.ensemble.")
+  mesh = parallel.make_mesh()
+  pid, nproc = jax.process_index(), jax.process_count()
+  ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
+  loaded = [load_member(run_dir, ds.num_classes) for run_dir in members]
+  for run_dir, (_, _, member_config) in zip(members, loaded):
+    if member_config.data.name != config.data.name:
+      raise ConfigError(f"eval: {run_dir} was trained on {member_config.data.name}, not {config.data.name}.")
+  results = {}
+  for protocol in config.eval.protocols:
+    outputs = [predict(model, variables, ds, config.eval.split, protocol, config.eval_batch_size // nproc, mesh)
+               for model, variables, _ in loaded]
+    labels = outputs[0][1]
+    assert all(np.array_equal(labels, other) for _, other in outputs), "members saw different examples"
+    probs = np.mean([p for p, _ in outputs], axis=0)  # the ensemble: mean of the members' softmax
+    counts = _global_sum(topk_errors(probs, labels))
+    results[protocol] = {"top1_error": counts["top1"] / counts["count"],
+                         "top5_error": counts["top5"] / counts["count"], "count": counts["count"]}
+    reference = paper_error(config, protocol) if len(members) == 1 else None
+    log(f"{config.eval.split} {protocol:10s} top-1 {100 * results[protocol]['top1_error']:6.2f}%  "
+        f"top-5 {100 * results[protocol]['top5_error']:6.2f}%  ({counts['count']} images)"
+        + (f"   paper: {reference[0]}% / {reference[1] or '-'}%" if reference else ""))
+  out = {"members": [{"workdir": os.path.abspath(m), "model": c.model.name, "step": c.step}
+                     for m, (_, _, c) in zip(members, loaded)], "split": config.eval.split, "results": results}
+  if pid == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(out, f, indent=2)
+  return out
