@@ -101,6 +101,10 @@ def mnist5k_preset(c: ml_collections.ConfigDict, steps: int) -> ml_collections.C
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
+def imagenet_steps_per_epoch(batch_size: int) -> int:
+  return -(-IMAGENET_TRAIN_SIZE // batch_size)  # 5005 at batch 256
+
+
 def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
   """The paper's ImageNet recipe (Sec. 3.4): batch 256, lr 0.1 divided by 10 when the validation error
   plateaus, up to 60e4 iterations, momentum 0.9, weight decay 1e-4, no dropout; scale augmentation."""
@@ -129,7 +133,7 @@ def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
 
   c.batch_size = 256
   c.eval_batch_size = 512
-  steps_per_epoch = -(-IMAGENET_TRAIN_SIZE // c.batch_size)  # 5005
+  steps_per_epoch = imagenet_steps_per_epoch(c.batch_size)
   c.num_steps = 600_000                   # the paper's cap: "up to 60 x 10^4 iterations"
   c.schedule.kind = "plateau"
   c.schedule.boundaries = (30 * steps_per_epoch, 60 * steps_per_epoch)  # kind 'step': the common 30/60/90 epochs
@@ -143,7 +147,7 @@ def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
 
 def fixed_epoch_schedule(c: ml_collections.ConfigDict, epochs: int = 90) -> ml_collections.ConfigDict:
   """The common alternative to the plateau rule: x0.1 at epochs 30 and 60, stop at 90."""
-  steps_per_epoch = -(-IMAGENET_TRAIN_SIZE // c.batch_size)
+  steps_per_epoch = imagenet_steps_per_epoch(c.batch_size)
   c.schedule.kind = "step"
   c.num_steps = epochs * steps_per_epoch - (epochs * steps_per_epoch) % c.log_every
   return c

@@ -100,8 +100,7 @@ def _global_sum(counts: dict) -> dict:
 def paper_error(config, protocol: str):
   """The paper's (top-1, top-5) error for this model and protocol, where it reports one."""
   table = {"ten_crop": paper.IMAGENET_10CROP, "multiscale": paper.IMAGENET_MULTISCALE}.get(protocol, {})
-  name = config.model.name
-  return table.get(f"{name}:{config.model.shortcut}") or table.get(name)
+  return table.get(paper.imagenet_key(config.model.name, config.model.shortcut))
 
 
 def run_eval(config, workdir: str, log=print) -> dict:

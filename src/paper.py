@@ -12,3 +12,13 @@ IMAGENET_10CROP = {"plain18": (27.94, None), "resnet18": (27.88, None), "plain34
                    "resnet50": (22.85, 6.71), "resnet101": (21.75, 6.05), "resnet152": (21.43, 5.71)}
 IMAGENET_MULTISCALE = {"resnet34:B": (21.84, 5.71), "resnet34:C": (21.53, 5.60), "resnet50": (20.74, 5.25),
                        "resnet101": (19.87, 4.60), "resnet152": (19.38, 4.49)}
+
+
+IMAGENET_DEFAULT_SHORTCUT = "B"  # what src/models builds for ImageNet nets when model.shortcut is None
+
+
+def imagenet_key(model: str, shortcut) -> str:
+  """The key of a run in the tables above: ResNet-34 is reported per shortcut option (Table 3; None means the
+  default, B), the other nets by name."""
+  key = f"{model}:{shortcut or IMAGENET_DEFAULT_SHORTCUT}"
+  return key if key in IMAGENET_10CROP or key in IMAGENET_MULTISCALE else model

@@ -142,3 +142,16 @@ def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tm
   np.testing.assert_allclose(probs, np.stack(scales), rtol=1e-4, atol=1e-6)  # the mean over the scales
   assert got["results"]["multiscale"]["top5_error"] == topk_errors(np.stack(scales), labels)["top5"] / 7
   assert models.count_params(variables["params"]) > 11e6  # the real ResNet-18 (11.7M parameters)
+
+
+def test_paper_lookup_takes_the_default_shortcut_of_the_registry():
+  from src import models, paper
+  from src.evaluate import paper_error
+  assert models.get_model("resnet34").shortcut == paper.IMAGENET_DEFAULT_SHORTCUT  # what None builds
+  config = ml_collections.ConfigDict({"model": {"name": "resnet34", "shortcut": None}})
+  assert paper_error(config, "ten_crop") == paper.IMAGENET_10CROP["resnet34:B"]
+  config.model.shortcut = "C"
+  assert paper_error(config, "multiscale") == paper.IMAGENET_MULTISCALE["resnet34:C"]
+  config.model.name = "resnet50"
+  assert paper_error(config, "ten_crop") == paper.IMAGENET_10CROP["resnet50"]
+  assert paper_error(config, "center") is None

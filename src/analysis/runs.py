@@ -92,11 +92,6 @@ def _millions(p):
   return "-" if p is None or p != p else f"{p / 1e6:.2f}M"
 
 
-def _paper_key(model: str, shortcut) -> str:
-  """src.paper's ImageNet key: ResNet-34 is reported per shortcut option (Table 3), the others by name."""
-  return f"{model}:{shortcut}" if f"{model}:{shortcut}" in paper.IMAGENET_10CROP else model
-
-
 def imagenet_table(workdir: str) -> pd.DataFrame:
   """Tables 2-4: each ImageNet run's validation top-1 (and top-5, where logged) beside the paper's 10-crop and
   multi-scale numbers. The training-time errors are single centre-crop; where the run was evaluated with
@@ -105,7 +100,7 @@ def imagenet_table(workdir: str) -> pd.DataFrame:
   runs = runs[runs["dataset"] == IMAGENET].sort_values(["net", "depth"]) if len(runs) else runs
   rows = []
   for r in runs.to_dict("records"):
-    key = _paper_key(r["model"], r["shortcut"])
+    key = paper.imagenet_key(r["model"], r["shortcut"])
     top5 = next((r[k] for k in r if k.startswith("val/top5") and r[k] == r[k]), None)
     ten, multi = paper.IMAGENET_10CROP.get(key, (None, None)), paper.IMAGENET_MULTISCALE.get(key, (None, None))
     evals = _json(os.path.join(r["dir"], "eval.json")).get("results", {})
