@@ -24,11 +24,11 @@ from configs.common import cifar_recipe
 from src import data, models, parallel, train
 
 
-def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call):
+def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto"):
   c = cifar_recipe(name if name.startswith("cifar_") else "cifar_resnet20")
   c.model.name = name
   c.model.shortcut = "A" if name.startswith("cifar_") else "B"
-  c.model.dtype, c.model.conv_chunk, c.model.scan = dtype, conv_chunk, scan
+  c.model.dtype, c.model.conv_impl, c.model.conv_chunk, c.model.scan = dtype, conv_impl, conv_chunk, scan
   c.model.bn_group_size = 0
   c.batch_size, c.steps_per_call = batch, steps_per_call
   return c
@@ -56,27 +56,41 @@ def build(config, shape):
   if config.steps_per_call > 1:
     step_fn = train.make_multi_step(step_fn)
   rep = parallel.replicated(mesh)
-  return mesh, state, jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep))
+  return mesh, state, jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep),
+                              compiler_options=train.compiler_options(config))
 
 
-def time_steps(run, n, windows=3):
-  """Median over `windows` windows of n calls each; blocks only at the end of a window."""
-  times = []
+def time_steps(runs: dict, n, windows=3) -> dict:
+  """Median seconds per call of each run over `windows` windows of n calls, the runs' windows interleaved
+  (A B A B ...) so that a machine's drift hits all alike. Blocks only at the end of a window."""
+  times = {k: [] for k in runs}
   for _ in range(windows):
-    t = time.perf_counter()
-    out = None
-    for _ in range(n):
-      out = run()
-    jax.block_until_ready(out)
-    times.append((time.perf_counter() - t) / n)
-  return statistics.median(times)
+    for k, run in runs.items():
+      t = time.perf_counter()
+      out = None
+      for _ in range(n):
+        out = run()
+      jax.block_until_ready(out)
+      times[k].append((time.perf_counter() - t) / n)
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
-def bench_case(name, batch, dtype, conv_chunk, scan, steps_per_call, steps, pipeline):
+def reference_flops(config, shape):
+  """FLOPs of one train step by XLA's cost analysis of the same step written without loops (XLA's own conv
+  gradients, no scan, one step per call): the cost analysis counts a loop body once, whatever its trip count."""
+  ref = config.copy_and_resolve_references()
+  ref.model.conv_impl, ref.model.scan, ref.steps_per_call = "xla", "false", 1
+  mesh, state, step = build(ref, shape)
+  cost = step.lower(state, parallel.global_batch(random_batch(shape, ref.batch_size, 1), mesh)).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost.get("flops", 0.0)
+
+
+def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, steps, pipeline):
   shape = models.input_shape(name)
   if pipeline is not None and pipeline.image_shape[:2] == shape[:2]:
     shape = tuple(pipeline.image_shape)  # e.g. mnist5k's 1 channel: the nets take any number of channels
-  config = case_config(name, batch, dtype, conv_chunk, scan, steps_per_call)
+  config = case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl)
   mesh, state, step = build(config, shape)
   host = random_batch(shape, batch, steps_per_call)
   lead = 1 if steps_per_call > 1 else 0
@@ -84,25 +98,15 @@ def bench_case(name, batch, dtype, conv_chunk, scan, steps_per_call, steps, pipe
   t = time.perf_counter()
   compiled = step.lower(state, on_device).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   holder = {"state": state}
 
   def run_device():
-    holder["state"], m = step(holder["state"], on_device)
+    holder["state"], m = compiled(holder["state"], on_device)
     return m
 
-  run_device()  # first call: dispatch caches
-  call_s = time_steps(run_device, max(1, steps // steps_per_call))
-  row = {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "dtype": dtype, "conv_chunk": conv_chunk, "scan": scan,
-         "steps_per_call": steps_per_call, "compile_s": round(compile_s, 2),
-         "step_ms": round(1e3 * call_s / steps_per_call, 2),
-         "images_per_sec": round(batch * steps_per_call / call_s, 1),
-         "flops_per_step": cost.get("flops", 0.0) / steps_per_call,
-         "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()}
-  row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
-  if scan == "true":
-    row["note"] = "XLA counts a scanned loop body once: flops undercount"
+  runs = {"device": run_device}
+  row = {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "dtype": dtype, "conv_impl": conv_impl,
+         "conv_chunk": conv_chunk, "scan": scan, "steps_per_call": steps_per_call, "compile_s": round(compile_s, 2)}
   if pipeline is not None and shape == tuple(pipeline.image_shape):
     step_i = [0]
     local = batch // jax.process_count()
@@ -122,18 +126,27 @@ def bench_case(name, batch, dtype, conv_chunk, scan, steps_per_call, steps, pipe
 
     def run_pipeline():  # as the train loop does: host batch, global array, dispatch
       batch_now = parallel.global_batch(next_host_batch(), mesh, leading_axes=lead)
-      holder["state"], m = step(holder["state"], batch_now)
+      holder["state"], m = compiled(holder["state"], batch_now)
       return m
 
-    pipe_s = time_steps(run_pipeline, max(1, steps // steps_per_call))
-    row["pipeline_step_ms"] = round(1e3 * pipe_s / steps_per_call, 2)
-    row["pipeline_vs_device"] = round(pipe_s / call_s, 3)
+    runs["pipeline"] = run_pipeline
+  run_device()  # first call: dispatch caches
+  secs = time_steps(runs, max(1, steps // steps_per_call))
+  call_s = secs["device"]
+  row.update({"step_ms": round(1e3 * call_s / steps_per_call, 2),
+              "images_per_sec": round(batch * steps_per_call / call_s, 1),
+              "flops_per_step": reference_flops(config, shape),
+              "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()})
+  row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
+  if "pipeline" in secs:
+    row["pipeline_step_ms"] = round(1e3 * secs["pipeline"] / steps_per_call, 2)
+    row["pipeline_vs_device"] = round(secs["pipeline"] / call_s, 3)
   return row
 
 
-def compile_case(name, batch, scan):
+def compile_case(name, batch, scan, conv_impl="auto", conv_chunk=16):
   shape = models.input_shape(name)
-  config = case_config(name, batch, "float32", 0, scan, 1)
+  config = case_config(name, batch, "float32", conv_chunk, scan, 1, conv_impl)
   mesh, state, step = build(config, shape)
   host = random_batch(shape, batch, 1)
   t = time.perf_counter()
@@ -162,7 +175,8 @@ def main(argv=None):
   p.add_argument("--models", default="cifar_resnet20,cifar_resnet56,cifar_resnet110,resnet50")
   p.add_argument("--batch", default="128")
   p.add_argument("--dtype", default="float32")
-  p.add_argument("--conv_chunk", default="0")
+  p.add_argument("--conv_impl", default="auto", help="auto, xla, cpu (comma-separated to compare)")
+  p.add_argument("--conv_chunk", default="16", help="examples per kernel-gradient chunk of conv_impl=cpu")
   p.add_argument("--scan", default="auto", help="auto, true, false (comma-separated to compare)")
   p.add_argument("--steps_per_call", default="1")
   p.add_argument("--steps", type=int, default=10, help="steps per timing window (3 windows, median)")
@@ -187,7 +201,7 @@ def main(argv=None):
     for name in names:
       for batch in batches:
         for scan in scans:
-          emit(compile_case(name, batch, scan))
+          emit(compile_case(name, batch, scan, csv(a.conv_impl)[0], csv(a.conv_chunk, int)[0]))
     print("\n" + table(rows, ["model", "batch", "scan", "params", "compile_s"]))
     return rows
   pipeline = None
@@ -198,10 +212,11 @@ def main(argv=None):
   for name in names:
     for batch in batches:
       for dtype in csv(a.dtype):
-        for chunk in csv(a.conv_chunk, int):
-          for scan in scans:
-            for k in csv(a.steps_per_call, int):
-              emit(bench_case(name, batch, dtype, chunk, scan, k, a.steps, pipeline))
+        for impl in csv(a.conv_impl):
+          for chunk in csv(a.conv_chunk, int):
+            for scan in scans:
+              for k in csv(a.steps_per_call, int):
+                emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline))
       if a.torch and name.startswith("cifar_"):
         try:
           from src.bench_torch import bench_torch
@@ -209,7 +224,7 @@ def main(argv=None):
           print(json.dumps({"model": name, "framework": "pytorch", "skipped": f"PyTorch not installed ({e})"}))
           continue
         emit(bench_torch(name, batch, a.steps))
-  keys = ["model", "framework", "batch", "dtype", "conv_chunk", "steps_per_call", "compile_s", "step_ms",
+  keys = ["model", "framework", "batch", "dtype", "conv_impl", "conv_chunk", "scan", "steps_per_call", "compile_s", "step_ms",
           "images_per_sec", "achieved_tflops", "peak_memory_mb", "pipeline_images_per_sec", "pipeline_vs_device"]
   print("\n" + table(rows, keys))
   return rows

@@ -85,7 +85,9 @@ def validate(config, *, device_count=None, process_count=None):
            "straddle devices.")
   _check(str(m.scan).lower() in ("auto", "true", "false"), "model.scan",
          f"must be 'auto', 'true' or 'false', got {m.scan!r}.")
-  _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = off), got {m.conv_chunk!r}.")
+  _check(m.conv_impl in models.CONV_IMPLS, "model.conv_impl", f"must be one of {list(models.CONV_IMPLS)}, "
+         f"got {m.conv_impl!r}.")
+  _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = the whole batch at once), got {m.conv_chunk!r}.")
   steps = _positive_int(config, "num_steps")
   for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _positive_int(config, field)

@@ -19,6 +19,7 @@ def test_bench_command_reports_every_column():
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
   assert [r["steps_per_call"] for r in rows] == [1, 2]
+  assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"]  # per step, loops counted in full
   for r in rows:
     assert r["compile_s"] > 0 and r["step_ms"] > 0 and r["flops_per_step"] > 1e8 and r["peak_memory_mb"] > 0
     np.testing.assert_allclose(r["images_per_sec"], 16 / (r["step_ms"] / 1e3), rtol=0.02)

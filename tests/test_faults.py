@@ -147,6 +147,7 @@ BAD_CONFIGS = [
     (dict(model__dtype="float64"), "config.model.dtype: must be one of ['bfloat16', 'float16', 'float32']"),
     (dict(model__bn_group_size=48), "config.model.bn_group_size: must divide batch_size 128"),
     (dict(model__conv_chunk=-1), "config.model.conv_chunk: must be >= 0"),
+    (dict(model__conv_impl="cudnn"), "config.model.conv_impl: must be one of"),
     (dict(model__scan="sometimes"), "config.model.scan: must be 'auto', 'true' or 'false'"),
     (dict(data__name="imagenet21k"), "config.data.name: must be one of"),
     (dict(data__val_size=-5), "config.data.val_size: must be an integer >= 0"),

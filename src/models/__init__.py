@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
 from src.models.cifar import CifarResNet, cifar_depth_to_n
+from src.models.conv import cpu_conv
 from src.models.imagenet import LAYERS, ImageNetResNet, imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS, VGG
 
@@ -25,6 +26,7 @@ FAMILIES = {
     "imagenet": (r"(resnet|plain)(\d+)", (224, 224, 3), 1000, "B"),
     "vgg": (r"(vgg)(\d+)", (224, 224, 3), 1000, None),
 }
+CONV_IMPLS = ("auto", "xla", "cpu")
 VALID_NAMES = ("cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
                f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
                f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}")
@@ -54,12 +56,14 @@ def input_shape(name: str):
 def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optional[str] = None,
               stride_on_3x3: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
               bn_group_size: Optional[int] = None, zero_init_residual: bool = False, scan="auto",
-              dtype: str = "float32", conv_chunk: int = 0, conv_general_dilated=None):
+              dtype: str = "float32", conv_impl: str = "auto", conv_chunk: int = 16,
+              conv_general_dilated=None):
   """Builds a Flax module from a registry name and the paper's knobs (see the module docstring).
 
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
-  statistic in training (the paper's per-GPU BN); None = the whole batch. conv_chunk > 0 computes conv
-  weight gradients in batch chunks of that size (faster on CPU, same result; see src/models/conv.py).
+  statistic in training (the paper's per-GPU BN); None = the whole batch. conv_impl: 'xla' (XLA's own conv
+  gradients), 'cpu' (gradients XLA:CPU runs fast, kernel gradient in batch chunks of conv_chunk examples, same
+  result; see src/models/conv.py) or 'auto' ('cpu' on the CPU backend, else 'xla').
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
   conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
   """
@@ -74,11 +78,12 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   if shortcut not in SHORTCUTS:
     raise ValueError(f"Unknown shortcut option {shortcut!r}; valid: {list(SHORTCUTS)} "
                      "(A: zero-padded identity, B: projection where dimensions increase, C: all projections).")
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}.")
   conv_fn = conv_general_dilated
-  if conv_chunk:
-    from src.models.conv import chunked_conv
+  if conv_fn is None and (conv_impl == "cpu" or (conv_impl == "auto" and jax.default_backend() == "cpu")):
     # Each chunk takes rows from every device's shard of the batch, so no device idles under SPMD.
-    conv_fn = chunked_conv(conv_chunk, shards=jax.device_count())
+    conv_fn = cpu_conv(conv_chunk, shards=jax.device_count())
   conv, norm = make_conv_norm(dtype=DTYPES[dtype], bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
                               bn_group_size=bn_group_size, conv_general_dilated=conv_fn)
   common = dict(conv=conv, norm=norm, residual=kind == "resnet", shortcut=shortcut, num_classes=num_classes,
