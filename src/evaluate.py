@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from src import checkpoint, data, models, paper, parallel
 from src.config_check import ConfigError, validate
-from src.train import normalize
+from src.train import compiler_options, normalize
 
 
 def load_member(run_dir: str, num_classes: int):
@@ -47,14 +47,16 @@ def _local_rows(x, mesh):
   return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
 
 
-def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh):
-  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n])."""
+def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh, compiler_options=None):
+  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n]).
+  compiler_options: XLA options of the jitted forward pass (train.compiler_options)."""
   probs, labels = [], []
   if protocol == "multiscale":
     # Whole images of varying shape, one at a time on this process's first device; the mean is the
     # per-channel mean of the crop-sized mean image (it has no meaning at other sizes).
     mean = jnp.asarray(ds.mean.mean(axis=(0, 1)))
-    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)))
+    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)),
+                    compiler_options=compiler_options)
     variables = jax.device_put(variables, jax.local_devices()[0])
     for item in ds.multiscale_batches(split):
       if item["mask"][0]:
@@ -69,7 +71,7 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
     p = jax.nn.softmax(model.apply(v, normalize(crops, mean), train=False))
     return p.reshape(images.shape[0], -1, p.shape[-1]).mean(axis=1)  # averaged over the crops
 
-  apply = jax.jit(scores, out_shardings=parallel.batch_sharded(mesh))
+  apply = jax.jit(scores, out_shardings=parallel.batch_sharded(mesh), compiler_options=compiler_options)
   variables = parallel.replicate(variables, mesh)
   batches = (ds.eval_batches(split, batch_size) if protocol == "center"  # every dataset's default
              else ds.eval_batches(split, batch_size, protocol=protocol))
@@ -119,8 +121,8 @@ def run_eval(config, workdir: str, log=print) -> dict:
       raise ConfigError(f"eval: {run_dir} was trained on {member_config.data.name}, not {config.data.name}.")
   results = {}
   for protocol in config.eval.protocols:
-    outputs = [predict(model, variables, ds, config.eval.split, protocol, config.eval_batch_size // nproc, mesh)
-               for model, variables, _ in loaded]
+    outputs = [predict(model, variables, ds, config.eval.split, protocol, config.eval_batch_size // nproc, mesh,
+                       compiler_options(config)) for model, variables, _ in loaded]
     labels = outputs[0][1]
     assert all(np.array_equal(labels, other) for _, other in outputs), "members saw different examples"
     probs = np.mean([p for p, _ in outputs], axis=0)  # the ensemble: mean of the members' softmax
