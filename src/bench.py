@@ -10,6 +10,7 @@ a dependency). `--compile_only` reports compile times only (how they grow with d
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
 """
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -80,13 +81,13 @@ def time_steps(runs: dict, n, windows=3) -> dict:
   return {k: statistics.median(v) for k, v in times.items()}
 
 
-def reference_flops(config, shape):
+@functools.lru_cache(maxsize=None)  # the same for every conv_impl, chunk, scan and steps_per_call of a model
+def reference_flops(name, batch, dtype, shape):
   """FLOPs of one train step by XLA's cost analysis of the same step written without loops (XLA's own conv
   gradients, no scan, one step per call): the cost analysis counts a loop body once, whatever its trip count."""
-  ref = config.copy_and_resolve_references()
-  ref.model.conv_impl, ref.model.scan, ref.steps_per_call = "xla", "false", 1
+  ref = case_config(name, batch, dtype, 0, "false", 1, "xla")
   mesh, state, step = build(ref, shape, abstract=True)  # lowered, not compiled: cheap even for ResNet-1202
-  cost = step.lower(state, parallel.global_batch(random_batch(shape, ref.batch_size, 1), mesh)).cost_analysis()
+  cost = step.lower(state, parallel.global_batch(random_batch(shape, batch, 1), mesh)).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return cost.get("flops", 0.0)
 
@@ -140,7 +141,7 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
   call_s = secs["device"]
   row.update({"step_ms": round(1e3 * call_s / steps_per_call, 2),
               "images_per_sec": round(batch * steps_per_call / call_s, 1),
-              "flops_per_step": reference_flops(config, shape),
+              "flops_per_step": reference_flops(name, batch, dtype, tuple(shape)),
               "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()})
   row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
   if "pipeline" in secs:

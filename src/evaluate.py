@@ -21,9 +21,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from src import checkpoint, data, models, paper, parallel
+from src import checkpoint, data, models, paper, parallel, train
 from src.config_check import ConfigError, validate
-from src.train import compiler_options, normalize
+from src.train import normalize
 
 
 def load_member(run_dir: str, num_classes: int):
@@ -122,7 +122,7 @@ def run_eval(config, workdir: str, log=print) -> dict:
   results = {}
   for protocol in config.eval.protocols:
     outputs = [predict(model, variables, ds, config.eval.split, protocol, config.eval_batch_size // nproc, mesh,
-                       compiler_options(config)) for model, variables, _ in loaded]
+                       train.compiler_options(config)) for model, variables, _ in loaded]
     labels = outputs[0][1]
     assert all(np.array_equal(labels, other) for _, other in outputs), "members saw different examples"
     probs = np.mean([p for p, _ in outputs], axis=0)  # the ensemble: mean of the members' softmax

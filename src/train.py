@@ -152,8 +152,8 @@ def check_same_run(config, workdir):
     saved = json.load(f)
   for block in ("model", "data"):
     now, then = json.loads(config[block].to_json()), dict(saved.get(block, {}))
-    for moved in ("data_dir", "manual_dir", "conv_impl", "conv_chunk"):  # where the files live, how convs
-      # are differentiated: not part of the experiment
+    # Where the files live and how convs are differentiated are not part of the experiment.
+    for moved in ("data_dir", "manual_dir", "conv_impl", "conv_chunk"):
       now.pop(moved, None), then.pop(moved, None)
     if then != now:
       diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))

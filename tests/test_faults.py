@@ -242,3 +242,15 @@ def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path
   run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, steps_per_call=5))
   assert metric_steps(tmp_path) == list(range(5, 31, 5))
   assert int(load_state(tmp_path)["step"]) == 30
+
+
+def test_resuming_a_workdir_checks_the_experiment_not_how_convs_are_differentiated(tmp_path):
+  from src.train import check_same_run
+  saved = cifar_recipe("cifar_resnet20")
+  (tmp_path / "config.json").write_text(saved.to_json())
+  same_maths = cifar_recipe("cifar_resnet20")
+  same_maths.model.conv_impl, same_maths.model.conv_chunk = "xla", 0  # e.g. resumed on a GPU
+  check_same_run(same_maths, str(tmp_path))
+  other = cifar_recipe("cifar_resnet56")
+  with pytest.raises(ConfigError, match=r"different config.model \(fields differ: \['name'\]\)"):
+    check_same_run(other, str(tmp_path))
