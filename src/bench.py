@@ -3,13 +3,17 @@
 Per case (model x batch x dtype x conv_chunk x steps_per_call), one JSON line and a table row: compile time,
 steady-state step time, training images/s, peak memory, achieved FLOP/s (XLA cost analysis of the compiled
 step), the input pipeline's own images/s, and the step time with the real input pipeline against data already on
-the device. `--torch` measures a PyTorch eager peer of the CIFAR nets in the same run (optional; PyTorch is not
-a dependency). `--compile_only` reports compile times only (how they grow with depth).
+the device. `--torch` times a PyTorch eager peer of the CIFAR nets in the same interleaved windows as each
+float32 case (columns torch_step_ms and speed_vs_torch; optional, PyTorch is not a dependency). `--compile_only` reports compile times only (how they grow with depth).
 
     python -m src.bench --models cifar_resnet20 --batch 128 --conv_chunk 0,16 --torch
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
 """
-import argparse
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/hugepages.py)
+  from src.hugepages import restart_with_huge_pages
+  restart_with_huge_pages()
+
+import argparse  # noqa: E402
 import functools
 import json
 import resource
@@ -92,7 +96,7 @@ def reference_flops(name, batch, dtype, shape):
   return cost.get("flops", 0.0)
 
 
-def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, steps, pipeline):
+def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, steps, pipeline, torch=False):
   shape = models.input_shape(name)
   if pipeline is not None and pipeline.image_shape[:2] == shape[:2]:
     shape = tuple(pipeline.image_shape)  # e.g. mnist5k's 1 channel: the nets take any number of channels
@@ -136,6 +140,10 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
       return m
 
     runs["pipeline"] = run_pipeline
+  if torch:  # the PyTorch peer, timed in the same interleaved windows: the ratio is immune to machine drift
+    from src.bench_torch import torch_step
+    torch_run, row["peer"] = torch_step(name, batch, shape)
+    runs["torch"] = lambda: [torch_run() for _ in range(steps_per_call)]
   run_device()  # first call: dispatch caches
   secs = time_steps(runs, max(1, steps // steps_per_call))
   call_s = secs["device"]
@@ -144,6 +152,9 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
               "flops_per_step": reference_flops(name, batch, dtype, tuple(shape)),
               "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()})
   row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
+  if "torch" in secs:
+    row["torch_step_ms"] = round(1e3 * secs["torch"] / steps_per_call, 2)
+    row["speed_vs_torch"] = round(secs["torch"] / call_s, 3)  # > 1: JAX trains faster
   if "pipeline" in secs:
     row["pipeline_step_ms"] = round(1e3 * secs["pipeline"] / steps_per_call, 2)
     row["pipeline_vs_device"] = round(secs["pipeline"] / call_s, 3)
@@ -181,7 +192,7 @@ def main(argv=None):
   p.add_argument("--models", default="cifar_resnet20,cifar_resnet56,cifar_resnet110,resnet50")
   p.add_argument("--batch", default="128")
   p.add_argument("--dtype", default="float32")
-  p.add_argument("--conv_impl", default="auto", help="auto, xla, cpu (comma-separated to compare)")
+  p.add_argument("--conv_impl", default="auto", help="auto, xla, cpu, onednn (comma-separated to compare)")
   p.add_argument("--conv_chunk", default="16", help="examples per kernel-gradient chunk of conv_impl=cpu")
   p.add_argument("--scan", default="auto", help="auto, true, false (comma-separated to compare)")
   p.add_argument("--steps_per_call", default="1")
@@ -192,6 +203,12 @@ def main(argv=None):
   p.add_argument("--torch", action="store_true", help="also time the PyTorch eager peer (CIFAR nets)")
   p.add_argument("--out", default=None, help="append the JSON lines to this file")
   a = p.parse_args(argv)
+  if a.torch:
+    try:
+      import torch  # noqa: F401
+    except ImportError as e:
+      p.error(f"--torch needs PyTorch, an optional peer that this project does not install ({e}): "
+              "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, or drop --torch.")
   rows = []
 
   def emit(row):
@@ -222,16 +239,11 @@ def main(argv=None):
           for chunk in csv(a.conv_chunk, int):
             for scan in scans:
               for k in csv(a.steps_per_call, int):
-                emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline))
-      if a.torch and name.startswith("cifar_"):
-        try:
-          from src.bench_torch import bench_torch
-        except ImportError as e:
-          print(json.dumps({"model": name, "framework": "pytorch", "skipped": f"PyTorch not installed ({e})"}))
-          continue
-        emit(bench_torch(name, batch, a.steps))
-  keys = ["model", "framework", "batch", "dtype", "conv_impl", "conv_chunk", "scan", "steps_per_call", "compile_s", "step_ms",
-          "images_per_sec", "achieved_tflops", "peak_memory_mb", "pipeline_images_per_sec", "pipeline_vs_device"]
+                peer = a.torch and name.startswith("cifar_") and dtype == "float32"
+                emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline, torch=peer))
+  keys = ["model", "batch", "dtype", "conv_impl", "conv_chunk", "scan", "steps_per_call", "compile_s", "step_ms",
+          "images_per_sec", "achieved_tflops", "peak_memory_mb", "pipeline_images_per_sec", "pipeline_vs_device",
+          "torch_step_ms", "speed_vs_torch"]
   print("\n" + table(rows, keys))
   return rows
 

@@ -4,8 +4,6 @@ The same network as src/models/cifar.py: 3x3 convs (16/32/64), BN, ReLU, option-
 subsample + zero channel padding), global average pool, FC; SGD momentum 0.9, weight decay 1e-4; fp32.
 """
 import os
-import statistics
-import time
 
 import torch
 import torch.nn as tnn
@@ -31,10 +29,10 @@ class Block(tnn.Module):
 
 
 class CifarResNet(tnn.Module):
-  def __init__(self, depth, num_classes=10):
+  def __init__(self, depth, num_classes=10, in_channels=3):
     super().__init__()
     n = (depth - 2) // 6
-    self.conv = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
+    self.conv = tnn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
     self.bn = tnn.BatchNorm2d(16)
     layers, cin = [], 16
     for i, w in enumerate((16, 32, 64)):
@@ -49,12 +47,14 @@ class CifarResNet(tnn.Module):
     return self.fc(x.mean((2, 3)))
 
 
-def bench_torch(name, batch, steps, windows=3):
+def torch_step(name, batch, shape=(32, 32, 3)):
+  """One eager train step of the PyTorch peer (a callable) and a description of it, for src.bench to time in
+  the same windows as the JAX step. shape: the JAX input (H, W, C), so that both nets see the same images."""
   torch.set_num_threads(os.cpu_count())
   depth = int(name.rsplit("resnet", 1)[-1].rsplit("plain", 1)[-1])
-  model = CifarResNet(depth)
+  model = CifarResNet(depth, in_channels=shape[2])
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-  x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+  x, y = torch.randn(batch, shape[2], *shape[:2]), torch.randint(0, 10, (batch,))
 
   def step():
     opt.zero_grad(set_to_none=True)
@@ -63,12 +63,4 @@ def bench_torch(name, batch, steps, windows=3):
     opt.step()
 
   step()
-  times = []
-  for _ in range(windows):
-    t = time.perf_counter()
-    for _ in range(steps):
-      step()
-    times.append((time.perf_counter() - t) / steps)
-  s = statistics.median(times)
-  return {"model": name, "framework": f"pytorch {torch.__version__} eager", "batch": batch, "dtype": "float32",
-          "step_ms": round(1e3 * s, 2), "images_per_sec": round(batch / s, 1), "threads": torch.get_num_threads()}
+  return step, f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads"

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
 from src.models.cifar import CifarResNet, cifar_depth_to_n
+from src.models import onednn
 from src.models.conv import cpu_conv
 from src.models.imagenet import LAYERS, ImageNetResNet, imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS, VGG
@@ -26,7 +27,7 @@ FAMILIES = {
     "imagenet": (r"(resnet|plain)(\d+)", (224, 224, 3), 1000, "B"),
     "vgg": (r"(vgg)(\d+)", (224, 224, 3), 1000, None),
 }
-CONV_IMPLS = ("auto", "xla", "cpu")
+CONV_IMPLS = ("auto", "xla", "cpu", "onednn")
 VALID_NAMES = ("cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
                f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
                f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}")
@@ -63,7 +64,8 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
   statistic in training (the paper's per-GPU BN); None = the whole batch. conv_impl: 'xla' (XLA's own conv
   gradients), 'cpu' (gradients XLA:CPU runs fast, kernel gradient in batch chunks of conv_chunk examples, same
-  result; see src/models/conv.py) or 'auto' ('cpu' on the CPU backend, else 'xla').
+  result; see src/models/conv.py), 'onednn' (float32 convs and their gradients in oneDNN, src/models/onednn.py)
+  or 'auto' (on the CPU backend 'onednn' where it builds, else 'cpu'; elsewhere 'xla').
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
   conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
   """
@@ -81,7 +83,12 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}.")
   conv_fn = conv_general_dilated
-  if conv_fn is None and (conv_impl == "cpu" or (conv_impl == "auto" and jax.default_backend() == "cpu")):
+  if conv_fn is None and conv_impl == "auto" and jax.default_backend() == "cpu":
+    conv_impl = "cpu" if onednn.unavailable() else "onednn"
+  if conv_fn is None and conv_impl == "onednn":
+    onednn.require()
+    conv_fn = onednn.onednn_conv(conv_chunk, shards=jax.device_count())  # cpu_conv for what oneDNN skips
+  elif conv_fn is None and conv_impl == "cpu":
     # Each chunk takes rows from every device's shard of the batch, so no device idles under SPMD.
     conv_fn = cpu_conv(conv_chunk, shards=jax.device_count())
   conv, norm = make_conv_norm(dtype=DTYPES[dtype], bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,

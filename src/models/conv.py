@@ -107,11 +107,9 @@ def _bwd(spec, res, g):
 _cpu_conv.defvjp(_fwd, _bwd)
 
 
-def cpu_conv(chunk: int = 0, shards: int = 1) -> Callable:
-  """`lax.conv_general_dilated` with canonical gradient convolutions and the kernel gradient summed over
-  batch chunks of `chunk` examples (0: one chunk). `shards`: the devices the batch is split over."""
-  if chunk < 0:
-    raise ValueError(f"chunk must be >= 0, got {chunk}")
+def drop_in(fast: Callable) -> Callable:
+  """A `lax.conv_general_dilated` that sends plain NHWC/HWIO convolutions (no dilation, no groups) to
+  `fast(lhs, rhs, strides, pads, precision, out_dtype)` and anything else to lax unchanged."""
 
   def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                            dimension_numbers=None, feature_group_count=1, batch_group_count=1,
@@ -133,6 +131,20 @@ def cpu_conv(chunk: int = 0, shards: int = 1) -> Callable:
     if isinstance(precision, list):
       precision = tuple(precision)
     out_dtype = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
-    return _cpu_conv(_Spec(strides, pads, int(chunk), int(shards), precision, out_dtype), lhs, rhs)
+    return fast(lhs, rhs, strides, pads, precision, out_dtype)
 
   return conv_general_dilated
+
+
+def canonical_conv(chunk: int = 0, shards: int = 1) -> Callable:
+  """The custom-gradient conv on canonical arguments: fast(lhs, rhs, strides, pads, precision, out_dtype)."""
+  if chunk < 0:
+    raise ValueError(f"chunk must be >= 0, got {chunk}")
+  return lambda lhs, rhs, strides, pads, precision, out_dtype: _cpu_conv(
+      _Spec(strides, pads, int(chunk), int(shards), precision, out_dtype), lhs, rhs)
+
+
+def cpu_conv(chunk: int = 0, shards: int = 1) -> Callable:
+  """`lax.conv_general_dilated` with canonical gradient convolutions and the kernel gradient summed over
+  batch chunks of `chunk` examples (0: one chunk). `shards`: the devices the batch is split over."""
+  return drop_in(canonical_conv(chunk, shards))
