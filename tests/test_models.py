@@ -146,6 +146,40 @@ def test_bn_groups_are_per_device_statistics():
   assert not np.allclose(out, whole.apply(variables, x, train=True, mutable=["batch_stats"])[0], atol=1e-3)
 
 
+@pytest.mark.parametrize("group,dtype", [(None, jnp.float32), (4, jnp.float32), (4, jnp.bfloat16)])
+def test_batchnorm_gradients_match_the_textbook_formula(group, dtype):
+  # BatchNorm's hand-written gradient (every reduction a product with ones, for XLA:CPU's speed) against
+  # autodiff of the plain formula, per group of `group` examples.
+  from src.models.blocks import BatchNorm
+  bn = BatchNorm(group_size=group, dtype=dtype)
+  x = (jax.random.normal(jax.random.key(3), (8, 5, 5, 6)) * 3 + 2).astype(dtype)
+  variables = bn.init(jax.random.key(0), x, train=False)
+  params = {"scale": jnp.linspace(0.5, 1.5, 6), "bias": jnp.linspace(-1, 1, 6)}
+  dy = jax.random.normal(jax.random.key(4), x.shape)
+
+  def textbook(params, x):
+    g = group or 8
+    xg = x.astype(jnp.float32).reshape((8 // g, g) + x.shape[1:])
+    mean = xg.mean((1, 2, 3), keepdims=True)
+    var = jnp.square(xg - mean).mean((1, 2, 3), keepdims=True)
+    y = ((xg - mean) / jnp.sqrt(var + 1e-5)).reshape(x.shape) * params["scale"] + params["bias"]
+    return jnp.sum(y.astype(dtype).astype(jnp.float32) * dy), (mean.reshape(-1, 6).mean(0), var.reshape(-1, 6).mean(0))
+
+  def ours(params, x):
+    y, state = bn.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(y.astype(jnp.float32) * dy), state["batch_stats"]
+
+  (loss, stats), grads = jax.jit(jax.value_and_grad(ours, argnums=(0, 1), has_aux=True))(params, x)
+  (want_loss, (mean, var)), want = jax.value_and_grad(textbook, argnums=(0, 1), has_aux=True)(params, x)
+  tol = 1e-4 if dtype == jnp.float32 else 3e-2
+  np.testing.assert_allclose(loss, want_loss, rtol=tol)
+  np.testing.assert_allclose(stats["mean"], 0.1 * mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(stats["var"], 0.9 + 0.1 * var, rtol=1e-4, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+    assert a.dtype == b.dtype
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+
+
 def unroll(scanned_params):
   """Maps a scanned net's stacked 'blocks' params onto the unrolled net's block1..block{n-1} names."""
   out = {}

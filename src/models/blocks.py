@@ -17,6 +17,47 @@ SHORTCUTS = ("A", "B", "C")
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+def _sum_rows(v, ones):
+  """Per-group sums over the rows of v (groups, rows, C). On the CPU a batched product with a vector of ones:
+  XLA:CPU runs that at memory speed, 2.4x faster than the reduction it emits otherwise (README, Speed).
+  GPU/TPU compilers fuse reductions with what produces their input: there, a plain sum."""
+  if jax.default_backend() != "cpu":
+    return v.sum(1)
+  return jnp.einsum("gmc,gm->gc", v, ones, precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _train_norm(rows, scale, bias, epsilon):
+  """Training-mode BN of rows (groups, rows, C), float32: (y, mean, var), statistics per group, the variance
+  two-pass (stable for large activations). Every reduction, gradients included, is a _sum_rows."""
+  return _train_norm_fwd(rows, scale, bias, epsilon)[0]
+
+
+def _train_norm_fwd(rows, scale, bias, epsilon):
+  ones = jnp.ones(rows.shape[:2], rows.dtype)
+  mean = _sum_rows(rows, ones) / rows.shape[1]
+  centred = rows - mean[:, None]
+  var = _sum_rows(jnp.square(centred), ones) / rows.shape[1]
+  inv = jax.lax.rsqrt(var + epsilon)
+  y = centred * (inv * scale)[:, None] + bias
+  return (y, mean, var), (rows, mean, inv, scale)
+
+
+def _train_norm_bwd(epsilon, res, cotangents):
+  # mean and var feed only the running averages (stop_gradient'ed by the caller): their cotangents are zero.
+  rows, mean, inv, scale = res
+  dy = cotangents[0]
+  ones = jnp.ones(rows.shape[:2], rows.dtype)
+  xhat = (rows - mean[:, None]) * inv[:, None]
+  sum_dy, sum_dy_xhat = _sum_rows(dy, ones), _sum_rows(dy * xhat, ones)
+  n = rows.shape[1]
+  drows = (scale * inv)[:, None] * (dy - sum_dy[:, None] / n - xhat * (sum_dy_xhat / n)[:, None])
+  return drows, sum_dy_xhat.sum(0), sum_dy.sum(0)
+
+
+_train_norm.defvjp(_train_norm_fwd, _train_norm_bwd)
+
+
 class BatchNorm(nn.Module):
   """BatchNorm whose training statistics are taken over groups of `group_size` examples.
 
@@ -45,17 +86,13 @@ class BatchNorm(nn.Module):
       g = b if not self.group_size or self.group_size >= b else self.group_size
       if b % g:
         raise ValueError(f"BatchNorm: batch {b} is not divisible by bn_group_size {g}")
-      xg = xf.reshape((b // g, g) + x.shape[1:])
-      axes = tuple(range(1, xg.ndim - 1))
-      mean = xg.mean(axes, keepdims=True)
-      var = jnp.square(xg - mean).mean(axes, keepdims=True)  # two-pass: stable for large activations
-      y = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+      y, mean, var = _train_norm(xf.reshape(b // g, -1, c), scale, bias, self.epsilon)
       if not self.is_initializing():
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(-1, c).mean(0)
-        ra_var.value = m * ra_var.value + (1 - m) * var.reshape(-1, c).mean(0)
-    else:
-      y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
+        m, mean, var = self.momentum, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(0)
+        ra_var.value = m * ra_var.value + (1 - m) * var.mean(0)
+      return y.reshape(x.shape).astype(self.dtype)
+    y = (xf - ra_mean.value) * jax.lax.rsqrt(ra_var.value + self.epsilon)
     return (y * scale + bias).astype(self.dtype)
 
 
