@@ -72,10 +72,12 @@ def build(config, shape, abstract=False):
 
 def time_steps(runs: dict, n, windows=3) -> dict:
   """Median seconds per call of each run over `windows` windows of n calls, the runs' windows interleaved
-  (A B A B ...) so that a machine's drift hits all alike. Blocks only at the end of a window."""
+  (A B A B ...) so that a machine's drift hits all alike. Each window starts after one untimed call (what the
+  previous run left in caches and thread pools is not charged to this one) and blocks only at its end."""
   times = {k: [] for k in runs}
   for _ in range(windows):
     for k, run in runs.items():
+      jax.block_until_ready(run())
       t = time.perf_counter()
       out = None
       for _ in range(n):

@@ -1,7 +1,7 @@
 """Convolutions through oneDNN, the CPU kernel library PyTorch uses, as XLA FFI custom calls (conv_impl='onednn').
 
 XLA:CPU runs convolutions with Eigen. On this project's 2-core AVX-512 machine, oneDNN runs the CIFAR nets'
-convolutions 1.3-4x faster, their gradients most of all (README, Speed). onednn_conv.cc holds three handlers:
+convolutions 1.2-4x faster, their gradients most of all (README, Speed). onednn_conv.cc holds three handlers:
 forward, input gradient and kernel gradient of an NHWC/HWIO float32 conv. They are tied together here by a
 custom_vjp. The library is compiled on first use into build/ (about 5 s) from the system's oneDNN:
 

@@ -1,6 +1,6 @@
 // oneDNN convolutions as XLA FFI handlers: forward, input gradient and kernel gradient of an NHWC/HWIO float32
 // convolution (every conv of the paper's nets). Built and loaded by src/models/onednn.py; see its docstring.
-// oneDNN is the CPU kernel library PyTorch uses: on AVX-512 it runs these convolutions 1.3-4x faster than
+// oneDNN is the CPU kernel library PyTorch uses: on AVX-512 it runs these convolutions 1.2-4x faster than
 // XLA:CPU's Eigen kernels (README, Speed). Activations stay NHWC; weights are reordered to the layout the
 // primitive wants (they are small). Primitives are created once per geometry and cached.
 #include <cstdint>
