@@ -65,7 +65,7 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   statistic in training (the paper's per-GPU BN); None = the whole batch. conv_impl: 'xla' (XLA's own conv
   gradients), 'cpu' (gradients XLA:CPU runs fast, kernel gradient in batch chunks of conv_chunk examples, same
   result; see src/models/conv.py), 'onednn' (float32 convs and their gradients in oneDNN, src/models/onednn.py)
-  or 'auto' (on the CPU backend 'onednn' where it builds, else 'cpu'; elsewhere 'xla').
+  or 'auto' (on the CPU 'onednn' where oneDNN builds and the process has one device, else 'cpu'; elsewhere 'xla').
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
   conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
   """
