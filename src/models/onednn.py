@@ -50,16 +50,20 @@ def load() -> str:
   key = hashlib.sha256(SOURCE.read_bytes() + repr((jax.__version__, _compile_command(Path("out")))).encode())
   lib = BUILD_DIR / f"onednn_conv-{key.hexdigest()[:12]}.so"
   if not lib.exists():
-    BUILD_DIR.mkdir(exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)  # then an atomic rename: processes may race
-    os.close(fd)
+    try:
+      BUILD_DIR.mkdir(exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)  # then an atomic rename: processes may race
+      os.close(fd)
+    except OSError as e:
+      return f"cannot write the library to {BUILD_DIR} ({e})"
     try:
       done = subprocess.run(_compile_command(Path(tmp)), capture_output=True, text=True)
     except OSError as e:
       done = subprocess.CompletedProcess([], 1, "", str(e))
     if done.returncode:
       os.unlink(tmp)
-      return f"building {SOURCE.name} failed ({done.stderr.strip().splitlines()[-1:] or done.returncode})"
+      last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+      return f"building {SOURCE.name} failed ({last})"
     os.replace(tmp, lib)
   try:
     handlers = ctypes.cdll.LoadLibrary(str(lib))
