@@ -22,13 +22,16 @@ def grads(conv, x, w, strides, padding):
   return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
 
 
-@pytest.mark.parametrize("batch", [64, 40, 8])  # divisible by the chunk, not divisible, smaller than it
-@pytest.mark.parametrize("kernel,strides,padding,size", [
+GEOMETRIES = pytest.mark.parametrize("kernel,strides,padding,size", [
     (3, (1, 1), "SAME", 12), (3, (2, 2), [(1, 1), (1, 1)], 12), (3, (1, 1), "VALID", 12),
     (1, (2, 2), [(0, 0), (0, 0)], 12),      # option B/C projection shortcut
     (7, (2, 2), [(3, 3), (3, 3)], 16),      # ImageNet stem
     (3, (2, 2), "SAME", 11),                # odd size: the forward ignores the last row
     (5, (3, 2), [(2, 1), (0, 2)], 13)])     # asymmetric everything
+
+
+@pytest.mark.parametrize("batch", [64, 40, 8])  # divisible by the chunk, not divisible, smaller than it
+@GEOMETRIES
 def test_forward_and_gradients_match_lax(batch, kernel, strides, padding, size):
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16)) * 0.1

@@ -14,7 +14,7 @@ from jax import lax
 
 from src.models import get_model, onednn
 from tests.conftest import REPO, tiny_cifar_args
-from tests.test_conv import DN, grads
+from tests.test_conv import DN, GEOMETRIES, grads
 
 pytestmark = pytest.mark.skipif(
     bool(onednn.unavailable()), reason=f"oneDNN unavailable here ({onednn.unavailable()}); .ci/run installs it")
@@ -25,12 +25,7 @@ def custom_calls(fn, *args):
 
 
 @pytest.mark.parametrize("batch", [16, 3])
-@pytest.mark.parametrize("kernel,strides,padding,size", [
-    (3, (1, 1), "SAME", 12), (3, (2, 2), [(1, 1), (1, 1)], 12), (3, (1, 1), "VALID", 12),
-    (1, (2, 2), [(0, 0), (0, 0)], 12),      # option B/C projection shortcut
-    (7, (2, 2), [(3, 3), (3, 3)], 16),      # ImageNet stem
-    (3, (2, 2), "SAME", 11),                # odd size: the forward ignores the last row
-    (5, (3, 2), [(2, 1), (0, 2)], 13)])     # asymmetric everything
+@GEOMETRIES  # the conv geometries of tests/test_conv.py
 def test_forward_and_gradients_match_lax(batch, kernel, strides, padding, size):
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16)) * 0.1

@@ -53,66 +53,63 @@ dnnl::convolution_forward::primitive_desc FwdPd(const Geo& g) {
                  g.wei(tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r());
 }
 
-struct Fwd {
-  dnnl::convolution_forward::primitive_desc pd;
-  dnnl::convolution_forward prim;
+// The primitive of one geometry and the weights layout it wants (reordered from and to HWIO when it differs).
+template <class P>
+struct Prim {
+  P prim;
+  memory::desc weights;
   bool reorder_w;
+  Prim(const typename P::primitive_desc& pd, const memory::desc& weights, const Geo& g)
+      : prim(pd), weights(weights), reorder_w(weights != g.wei()) {}
 };
-struct BwdData {
-  dnnl::convolution_backward_data::primitive_desc pd;
-  dnnl::convolution_backward_data prim;
-  bool reorder_w;
-};
-struct BwdWeights {
-  dnnl::convolution_backward_weights::primitive_desc pd;
-  dnnl::convolution_backward_weights prim;
-  bool reorder_w;
-};
+template <class P>
+using Cache = std::map<decltype(Geo{}.key()), std::unique_ptr<Prim<P>>>;
 
 std::mutex mu;
-template <class T>
-T& Cached(std::map<decltype(Geo{}.key()), std::unique_ptr<T>>& cache, const Geo& g, T (*make)(const Geo&)) {
+template <class P>
+const Prim<P>& Cached(Cache<P>& cache, const Geo& g, Prim<P> (*make)(const Geo&)) {
   std::lock_guard<std::mutex> lock(mu);
   auto& slot = cache[g.key()];
-  if (!slot) slot = std::make_unique<T>(make(g));
+  if (!slot) slot = std::make_unique<Prim<P>>(make(g));
   return *slot;
 }
 
-Fwd MakeFwd(const Geo& g) {
+Prim<dnnl::convolution_forward> MakeFwd(const Geo& g) {
   auto pd = FwdPd(g);
-  return {pd, dnnl::convolution_forward(pd), pd.weights_desc() != g.wei()};
+  return {pd, pd.weights_desc(), g};
 }
-BwdData MakeBwdData(const Geo& g) {
+Prim<dnnl::convolution_backward_data> MakeBwdData(const Geo& g) {
   auto pd = CONV_PD_HINT(dnnl::convolution_backward_data, FwdPd(g), convolution_direct, g.src(), g.wei(tag::any),
                          g.dst(), g.strides(), g.pad_l(), g.pad_r());
-  return {pd, dnnl::convolution_backward_data(pd), pd.weights_desc() != g.wei()};
+  return {pd, pd.weights_desc(), g};
 }
-BwdWeights MakeBwdWeights(const Geo& g) {
+Prim<dnnl::convolution_backward_weights> MakeBwdWeights(const Geo& g) {
   auto pd = CONV_PD_HINT(dnnl::convolution_backward_weights, FwdPd(g), convolution_direct, g.src(),
                          g.wei(tag::any), g.dst(), g.strides(), g.pad_l(), g.pad_r());
-  return {pd, dnnl::convolution_backward_weights(pd), pd.diff_weights_desc() != g.wei()};
+  return {pd, pd.diff_weights_desc(), g};
 }
 
-std::map<decltype(Geo{}.key()), std::unique_ptr<Fwd>> fwd_cache;
-std::map<decltype(Geo{}.key()), std::unique_ptr<BwdData>> bwd_data_cache;
-std::map<decltype(Geo{}.key()), std::unique_ptr<BwdWeights>> bwd_weights_cache;
+Cache<dnnl::convolution_forward> fwd_cache;
+Cache<dnnl::convolution_backward_data> bwd_data_cache;
+Cache<dnnl::convolution_backward_weights> bwd_weights_cache;
 
 Geo MakeGeo(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w, ffi::Span<const int64_t> y, int64_t sh,
             int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   return {x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
 }
 
-// Runs `prim` with the plain-HWIO weights at `w_ptr`, reordering them to and from the primitive's layout.
-ffi::Error Run(const dnnl::primitive& prim, const memory::desc& want_w, bool reorder_w, const Geo& g, void* w_ptr,
-               int w_arg, bool w_is_output, std::unordered_map<int, memory> args) {
+// Runs `p` with the plain-HWIO weights at `w_ptr`, reordering them to and from the primitive's layout.
+template <class P>
+ffi::Error Run(const Prim<P>& p, const Geo& g, void* w_ptr, int w_arg, bool w_is_output,
+               std::unordered_map<int, memory> args) {
   try {
     dnnl::stream s(Engine());
     memory user_w(g.wei(), Engine(), w_ptr);
-    memory prim_w = reorder_w ? memory(want_w, Engine()) : user_w;
-    if (reorder_w && !w_is_output) dnnl::reorder(user_w, prim_w).execute(s, user_w, prim_w);
+    memory prim_w = p.reorder_w ? memory(p.weights, Engine()) : user_w;
+    if (p.reorder_w && !w_is_output) dnnl::reorder(user_w, prim_w).execute(s, user_w, prim_w);
     args[w_arg] = prim_w;
-    prim.execute(s, args);
-    if (reorder_w && w_is_output) dnnl::reorder(prim_w, user_w).execute(s, prim_w, user_w);
+    p.prim.execute(s, args);
+    if (p.reorder_w && w_is_output) dnnl::reorder(prim_w, user_w).execute(s, prim_w, user_w);
     s.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, e.what());
@@ -123,8 +120,7 @@ ffi::Error Run(const dnnl::primitive& prim, const memory::desc& want_w, bool reo
 ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   Geo g = MakeGeo(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-  Fwd& f = Cached(fwd_cache, g, MakeFwd);
-  return Run(f.prim, f.pd.weights_desc(), f.reorder_w, g, w.typed_data(), DNNL_ARG_WEIGHTS, false,
+  return Run(Cached(fwd_cache, g, MakeFwd), g, w.typed_data(), DNNL_ARG_WEIGHTS, false,
              {{DNNL_ARG_SRC, memory(g.src(), Engine(), x.typed_data())},
               {DNNL_ARG_DST, memory(g.dst(), Engine(), y->typed_data())}});
 }
@@ -132,8 +128,7 @@ ffi::Error ConvFwd(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
 ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx,
                        int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   Geo g = MakeGeo(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  BwdData& f = Cached(bwd_data_cache, g, MakeBwdData);
-  return Run(f.prim, f.pd.weights_desc(), f.reorder_w, g, w.typed_data(), DNNL_ARG_WEIGHTS, false,
+  return Run(Cached(bwd_data_cache, g, MakeBwdData), g, w.typed_data(), DNNL_ARG_WEIGHTS, false,
              {{DNNL_ARG_DIFF_DST, memory(g.dst(), Engine(), dy.typed_data())},
               {DNNL_ARG_DIFF_SRC, memory(g.src(), Engine(), dx->typed_data())}});
 }
@@ -141,8 +136,7 @@ ffi::Error ConvBwdData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::R
 ffi::Error ConvBwdWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                           int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   Geo g = MakeGeo(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  BwdWeights& f = Cached(bwd_weights_cache, g, MakeBwdWeights);
-  return Run(f.prim, f.pd.diff_weights_desc(), f.reorder_w, g, dw->typed_data(), DNNL_ARG_DIFF_WEIGHTS, true,
+  return Run(Cached(bwd_weights_cache, g, MakeBwdWeights), g, dw->typed_data(), DNNL_ARG_DIFF_WEIGHTS, true,
              {{DNNL_ARG_SRC, memory(g.src(), Engine(), x.typed_data())},
               {DNNL_ARG_DIFF_DST, memory(g.dst(), Engine(), dy.typed_data())}});
 }
