@@ -15,6 +15,7 @@ The mnist5k preset: plain-20, plain-56, ResNet-20, ResNet-56, 300 steps of batch
 (500 val, 500 test); about 6 min in all on a 2-core CPU with oneDNN. Test errors: plain-20 4.0%, ResNet-20 3.2%;
 plain-56 does not train in 300 steps (81%), ResNet-56 does, but is far from done (35%): the degradation problem.
 """
+
 from configs.common import cifar_recipe, mnist5k_preset, parse_arg
 
 PAPER_DEPTHS = "20-32-44-56"
@@ -30,8 +31,14 @@ def get_config(arg=None):
     runs.append(("resnet", 110))
   if a.resnet1202:
     runs.append(("resnet", 1202))
-  c.sweep = [{"name": f"{net}{d}", "model.name": f"cifar_{net}{d}",
-              "schedule.warmup_lr": 0.01 if d == 110 and net == "resnet" else 0.0} for net, d in runs]
+  c.sweep = [
+      {
+          "name": f"{net}{d}",
+          "model.name": f"cifar_{net}{d}",
+          "schedule.warmup_lr": 0.01 if d == 110 and net == "resnet" else 0.0,
+      }
+      for net, d in runs
+  ]
   if a.mnist5k:
     mnist5k_preset(c, a.steps)
   return c

@@ -9,6 +9,7 @@ Expected (Table 6, test error): ResNet-20 8.75%, 32 7.51%, 44 7.17%, 56 6.97%, 1
 64k iterations of batch 128; on one modern GPU roughly 0.5 h (ResNet-20) to 2 h (ResNet-110), on this
 2-core CPU days. Any field can be overridden, e.g. --config.data.val_size=0 --config.model.bn_group_size=0.
 """
+
 from configs.common import cifar_recipe, mnist5k_preset, parse_arg
 
 

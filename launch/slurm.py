@@ -3,6 +3,7 @@
   python launch/slurm.py --nodes=2 --gpus-per-node=8 [--partition=gpu] [--time=24:00:00] [--job-name=resnet] \
       [--sbatch-arg=--account=abc ...] [--dry-run] -- --config=configs/imagenet.py --workdir=runs/rn50
 """
+
 import argparse
 import os
 import shlex
@@ -14,35 +15,40 @@ SBATCH_SCRIPT = os.path.join(REPO_ROOT, "launch", "slurm.sbatch")
 
 
 def sbatch_command(args, main_args):
-    cmd = ["sbatch", f"--nodes={args.nodes}", f"--gpus-per-node={args.gpus_per_node}", f"--job-name={args.job_name}",
-           # sbatch runs a copy of the script, so the job must start in the repo root for `-m src.main` to resolve.
-           f"--chdir={REPO_ROOT}"]
-    cmd += [f"--partition={args.partition}"] * bool(args.partition) + [f"--time={args.time}"] * bool(args.time)
-    # src.main's arguments go after the script as positional args: sbatch hands them to it verbatim and the
-    # script forwards them with "$@", so no layer of shell re-parsing touches them.
-    return cmd + args.sbatch_arg + [SBATCH_SCRIPT, *main_args]
+  cmd = [
+      "sbatch",
+      f"--nodes={args.nodes}",
+      f"--gpus-per-node={args.gpus_per_node}",
+      f"--job-name={args.job_name}",
+      # sbatch runs a copy of the script, so the job must start in the repo root for `-m src.main` to resolve.
+      f"--chdir={REPO_ROOT}",
+  ]
+  cmd += [f"--partition={args.partition}"] * bool(args.partition) + [f"--time={args.time}"] * bool(args.time)
+  # src.main's arguments go after the script as positional args: sbatch hands them to it verbatim and the
+  # script forwards them with "$@", so no layer of shell re-parsing touches them.
+  return cmd + args.sbatch_arg + [SBATCH_SCRIPT, *main_args]
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # Everything after the first `--` belongs to src.main, untouched by argparse.
-    ours, main_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=1)
-    parser.add_argument("--gpus-per-node", type=int, required=True)
-    parser.add_argument("--partition", default=None)
-    parser.add_argument("--time", default=None, help="time limit, e.g. 24:00:00")
-    parser.add_argument("--job-name", default="resnet")
-    parser.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch option, repeatable")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch command (bash-quoted), submit nothing")
-    args = parser.parse_args(ours)
-    cmd = sbatch_command(args, main_args)
-    if args.dry_run:
-        print(shlex.join(cmd))
-        return 0
-    print(f"+ {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd).returncode
+  argv = sys.argv[1:] if argv is None else list(argv)
+  # Everything after the first `--` belongs to src.main, untouched by argparse.
+  ours, main_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--nodes", type=int, default=1)
+  parser.add_argument("--gpus-per-node", type=int, required=True)
+  parser.add_argument("--partition", default=None)
+  parser.add_argument("--time", default=None, help="time limit, e.g. 24:00:00")
+  parser.add_argument("--job-name", default="resnet")
+  parser.add_argument("--sbatch-arg", action="append", default=[], help="extra sbatch option, repeatable")
+  parser.add_argument("--dry-run", action="store_true", help="print the sbatch command (bash-quoted), submit nothing")
+  args = parser.parse_args(ours)
+  cmd = sbatch_command(args, main_args)
+  if args.dry_run:
+    print(shlex.join(cmd))
+    return 0
+  print(f"+ {shlex.join(cmd)}", file=sys.stderr, flush=True)
+  return subprocess.run(cmd).returncode
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+  sys.exit(main())

@@ -9,8 +9,10 @@ float32 case (columns torch_step_ms and speed_vs_torch; optional, PyTorch is not
     python -m src.bench --models cifar_resnet20 --batch 128 --conv_chunk 0,16 --torch
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
 """
+
 if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/hugepages.py)
   from src.hugepages import restart_with_huge_pages
+
   restart_with_huge_pages()
 
 import argparse  # noqa: E402
@@ -42,8 +44,10 @@ def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl=
 def random_batch(shape, batch, steps_per_call, seed=0):
   rng = np.random.default_rng(seed)
   lead = (steps_per_call,) if steps_per_call > 1 else ()
-  return {"image": rng.integers(0, 256, lead + (batch,) + shape, dtype=np.uint8),
-          "label": rng.integers(0, 10, lead + (batch,)).astype(np.int32)}
+  return {
+      "image": rng.integers(0, 256, lead + (batch,) + shape, dtype=np.uint8),
+      "label": rng.integers(0, 10, lead + (batch,)).astype(np.int32),
+  }
 
 
 def peak_memory_bytes():
@@ -66,8 +70,11 @@ def build(config, shape, abstract=False):
   if config.steps_per_call > 1:
     step_fn = train.make_multi_step(step_fn)
   rep = parallel.replicated(mesh)
-  return mesh, state, jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep),
-                              compiler_options=train.compiler_options(config))
+  return (
+      mesh,
+      state,
+      jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep), compiler_options=train.compiler_options(config)),
+  )
 
 
 def time_steps(runs: dict, n, windows=3) -> dict:
@@ -117,8 +124,17 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
     return m
 
   runs = {"device": run_device}
-  row = {"model": name, "input": "x".join(map(str, shape)), "batch": batch, "dtype": dtype, "conv_impl": conv_impl,
-         "conv_chunk": conv_chunk, "scan": scan, "steps_per_call": steps_per_call, "compile_s": round(compile_s, 2)}
+  row = {
+      "model": name,
+      "input": "x".join(map(str, shape)),
+      "batch": batch,
+      "dtype": dtype,
+      "conv_impl": conv_impl,
+      "conv_chunk": conv_chunk,
+      "scan": scan,
+      "steps_per_call": steps_per_call,
+      "compile_s": round(compile_s, 2),
+  }
   if pipeline is not None and shape == tuple(pipeline.image_shape):
     step_i = [0]
     local = batch // jax.process_count()
@@ -144,15 +160,21 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
     runs["pipeline"] = run_pipeline
   if torch:  # the PyTorch peer, timed in the same interleaved windows: the ratio is immune to machine drift
     from src.bench_torch import torch_step
+
     torch_run, row["peer"] = torch_step(name, batch, shape)
     runs["torch"] = lambda: [torch_run() for _ in range(steps_per_call)]
   run_device()  # first call: dispatch caches
   secs = time_steps(runs, max(1, steps // steps_per_call))
   call_s = secs["device"]
-  row.update({"step_ms": round(1e3 * call_s / steps_per_call, 2),
-              "images_per_sec": round(batch * steps_per_call / call_s, 1),
-              "flops_per_step": reference_flops(name, batch, dtype, tuple(shape)),
-              "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1), "backend": jax.default_backend()})
+  row.update(
+      {
+          "step_ms": round(1e3 * call_s / steps_per_call, 2),
+          "images_per_sec": round(batch * steps_per_call / call_s, 1),
+          "flops_per_step": reference_flops(name, batch, dtype, tuple(shape)),
+          "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1),
+          "backend": jax.default_backend(),
+      }
+  )
   row["achieved_tflops"] = round(row["flops_per_step"] / (call_s / steps_per_call) / 1e12, 4)
   if "torch" in secs:
     row["torch_step_ms"] = round(1e3 * secs["torch"] / steps_per_call, 2)
@@ -170,8 +192,13 @@ def compile_case(name, batch, scan, conv_impl="auto", conv_chunk=16):
   host = random_batch(shape, batch, 1)
   t = time.perf_counter()
   step.lower(state, parallel.global_batch(host, mesh)).compile()
-  return {"model": name, "batch": batch, "scan": scan, "compile_s": round(time.perf_counter() - t, 2),
-          "params": models.count_params(state.params)}
+  return {
+      "model": name,
+      "batch": batch,
+      "scan": scan,
+      "compile_s": round(time.perf_counter() - t, 2),
+      "params": models.count_params(state.params),
+  }
 
 
 def table(rows, keys):
@@ -209,8 +236,10 @@ def main(argv=None):
     try:
       import torch  # noqa: F401
     except ImportError as e:
-      p.error(f"--torch needs PyTorch, an optional peer that this project does not install ({e}): "
-              "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, or drop --torch.")
+      p.error(
+          f"--torch needs PyTorch, an optional peer that this project does not install ({e}): "
+          "`pip install torch --index-url https://download.pytorch.org/whl/cpu`, or drop --torch."
+      )
   rows = []
 
   def emit(row):
@@ -243,9 +272,24 @@ def main(argv=None):
               for k in csv(a.steps_per_call, int):
                 peer = a.torch and name.startswith("cifar_") and dtype == "float32"
                 emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline, torch=peer))
-  keys = ["model", "batch", "dtype", "conv_impl", "conv_chunk", "scan", "steps_per_call", "compile_s", "step_ms",
-          "images_per_sec", "achieved_tflops", "peak_memory_mb", "pipeline_images_per_sec", "pipeline_vs_device",
-          "torch_step_ms", "speed_vs_torch"]
+  keys = [
+      "model",
+      "batch",
+      "dtype",
+      "conv_impl",
+      "conv_chunk",
+      "scan",
+      "steps_per_call",
+      "compile_s",
+      "step_ms",
+      "images_per_sec",
+      "achieved_tflops",
+      "peak_memory_mb",
+      "pipeline_images_per_sec",
+      "pipeline_vs_device",
+      "torch_step_ms",
+      "speed_vs_torch",
+  ]
   print("\n" + table(rows, keys))
   return rows
 

@@ -3,6 +3,7 @@
 The same network as src/models/cifar.py: 3x3 convs (16/32/64), BN, ReLU, option-A shortcuts (stride-2
 subsample + zero channel padding), global average pool, FC; SGD momentum 0.9, weight decay 1e-4; fp32.
 """
+
 import os
 
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 
 class Block(tnn.Module):
+
   def __init__(self, cin, cout, stride):
     super().__init__()
     self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -22,13 +24,14 @@ class Block(tnn.Module):
   def forward(self, x):
     y = F.relu(self.bn1(self.conv1(x)))
     y = self.bn2(self.conv2(y))
-    s = x[:, :, ::self.stride, ::self.stride] if self.stride > 1 else x
+    s = x[:, :, :: self.stride, :: self.stride] if self.stride > 1 else x
     if self.pad:
       s = F.pad(s, (0, 0, 0, 0, 0, self.pad))
     return F.relu(y + s)
 
 
 class CifarResNet(tnn.Module):
+
   def __init__(self, depth, num_classes=10, in_channels=3):
     super().__init__()
     n = (depth - 2) // 6

@@ -4,6 +4,7 @@ the last `keep` checkpoints and the best one on validation error are kept.
 
 On multi-host jobs every process calls save/restore: each writes and reads its own shards.
 """
+
 import os
 import shutil
 
@@ -17,11 +18,17 @@ class Checkpoints:
   def __init__(self, directory: str, *, keep: int = 3, keep_best: bool = True, async_save: bool = True):
     keepers = [policies.LatestN(n=keep)]
     if keep_best:  # by val error, lowest first; checkpoints saved without it fall to LatestN alone
-      keepers.append(policies.BestN(get_metric_fn=lambda m: m["val/error"], reverse=True, n=1,
-                                    keep_checkpoints_without_metrics=False))
+      keepers.append(
+          policies.BestN(
+              get_metric_fn=lambda m: m["val/error"], reverse=True, n=1, keep_checkpoints_without_metrics=False
+          )
+      )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy(keepers),
-        enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+        enable_async_checkpointing=async_save,
+        create=True,
+        cleanup_tmp_directories=True,
+    )
     self.directory = os.path.abspath(directory)
     self.in_flight = None  # step of the newest save started
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
@@ -45,8 +52,9 @@ class Checkpoints:
 
   def restore(self, step: int, abstract_state):
     """Restores onto the shardings of `abstract_state` (which may be on a different number of devices)."""
-    out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                                             meta=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+    )
     return out["state"], out["meta"]
 
   def restore_latest(self, abstract_state, log=print):
@@ -60,13 +68,16 @@ class Checkpoints:
         return (step, *self.restore(step, abstract_state))
       except Exception as e:  # Orbax/TensorStore raise many types for a damaged checkpoint
         aside = os.path.join(self.directory + ".unreadable", str(step))
-        log(f"Checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {str(e)[:300]}); "
-            f"moved it to {aside} and trying the next older one.")
+        log(
+            f"Checkpoint {step} in {self.directory} is unreadable ({type(e).__name__}: {str(e)[:300]}); "
+            f"moved it to {aside} and trying the next older one."
+        )
         if jax.process_index() == 0:
           os.makedirs(os.path.dirname(aside), exist_ok=True)
           shutil.move(os.path.join(self.directory, str(step)), aside)
         if jax.process_count() > 1:
           from jax.experimental import multihost_utils
+
           multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
         self.manager.reload()
     return None
@@ -95,6 +106,7 @@ def load_saved_state(run_dir: str, step: int = None):
   path = os.path.join(ckpt_dir, str(steps[-1] if step is None else step), "state")
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                        checkpointer.metadata(path).item_metadata)
+  target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), checkpointer.metadata(path).item_metadata
+  )
   return checkpointer.restore(path, target)

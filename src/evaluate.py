@@ -11,6 +11,7 @@ Protocols (the image preparation is in src/data/imagenet.py):
 Scores are softmax probabilities, averaged over crops, over scales and over the members of an ensemble
 (Table 5). Results go to <workdir>/eval.json, top-1 and top-5 error per protocol.
 """
+
 import json
 import os
 
@@ -55,8 +56,9 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
     # Whole images of varying shape, one at a time on this process's first device; the mean is the
     # per-channel mean of the crop-sized mean image (it has no meaning at other sizes).
     mean = jnp.asarray(ds.mean.mean(axis=(0, 1)))
-    apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)),
-                    compiler_options=compiler_options)
+    apply = jax.jit(
+        lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)), compiler_options=compiler_options
+    )
     variables = jax.device_put(variables, jax.local_devices()[0])
     for item in ds.multiscale_batches(split):
       if item["mask"][0]:
@@ -73,8 +75,11 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
 
   apply = jax.jit(scores, out_shardings=parallel.batch_sharded(mesh), compiler_options=compiler_options)
   variables = parallel.replicate(variables, mesh)
-  batches = (ds.eval_batches(split, batch_size) if protocol == "center"  # every dataset's default
-             else ds.eval_batches(split, batch_size, protocol=protocol))
+  batches = (
+      ds.eval_batches(split, batch_size)
+      if protocol == "center"  # every dataset's default
+      else ds.eval_batches(split, batch_size, protocol=protocol)
+  )
   for batch in batches:
     mask = batch.pop("mask")
     p = _local_rows(apply(variables, parallel.global_batch({"image": batch["image"]}, mesh)["image"]), mesh)
@@ -121,20 +126,42 @@ def run_eval(config, workdir: str, log=print) -> dict:
       raise ConfigError(f"eval: {run_dir} was trained on {member_config.data.name}, not {config.data.name}.")
   results = {}
   for protocol in config.eval.protocols:
-    outputs = [predict(model, variables, ds, config.eval.split, protocol, config.eval_batch_size // nproc, mesh,
-                       train.compiler_options(config)) for model, variables, _ in loaded]
+    outputs = [
+        predict(
+            model,
+            variables,
+            ds,
+            config.eval.split,
+            protocol,
+            config.eval_batch_size // nproc,
+            mesh,
+            train.compiler_options(config),
+        )
+        for model, variables, _ in loaded
+    ]
     labels = outputs[0][1]
     assert all(np.array_equal(labels, other) for _, other in outputs), "members saw different examples"
     probs = np.mean([p for p, _ in outputs], axis=0)  # the ensemble: mean of the members' softmax
     counts = _global_sum(topk_errors(probs, labels))
-    results[protocol] = {"top1_error": counts["top1"] / counts["count"],
-                         "top5_error": counts["top5"] / counts["count"], "count": counts["count"]}
+    results[protocol] = {
+        "top1_error": counts["top1"] / counts["count"],
+        "top5_error": counts["top5"] / counts["count"],
+        "count": counts["count"],
+    }
     reference = paper_error(config, protocol) if len(members) == 1 else None
-    log(f"{config.eval.split} {protocol:10s} top-1 {100 * results[protocol]['top1_error']:6.2f}%  "
+    log(
+        f"{config.eval.split} {protocol:10s} top-1 {100 * results[protocol]['top1_error']:6.2f}%  "
         f"top-5 {100 * results[protocol]['top5_error']:6.2f}%  ({counts['count']} images)"
-        + (f"   paper: {reference[0]}% / {reference[1] or '-'}%" if reference else ""))
-  out = {"members": [{"workdir": os.path.abspath(m), "model": c.model.name, "step": c.step}
-                     for m, (_, _, c) in zip(members, loaded)], "split": config.eval.split, "results": results}
+        + (f"   paper: {reference[0]}% / {reference[1] or '-'}%" if reference else "")
+    )
+  out = {
+      "members": [
+          {"workdir": os.path.abspath(m), "model": c.model.name, "step": c.step}
+          for m, (_, _, c) in zip(members, loaded)
+      ],
+      "split": config.eval.split,
+      "results": results,
+  }
   if pid == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(out, f, indent=2)

@@ -6,6 +6,7 @@ faults of its activations: 50k faults, 12% of a CIFAR ResNet-20 step on a 2-core
 under 600 faults. glibc reads tunables only at start-up, hence the restart. GLIBC_TUNABLES=glibc.malloc.hugetlb=0
 opts out; other systems ignore it.
 """
+
 import os
 import sys
 

@@ -2,10 +2,12 @@
 
 Flags only; the work is in src/train.py (one run) and src/sweep.py (a config with a `sweep` list).
 """
+
 import os
 
 if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then
   from src.hugepages import restart_with_huge_pages
+
   restart_with_huge_pages()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by tfds) is chatty on import
 
@@ -13,14 +15,25 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, optionally with :arg.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go; a job started "
-                               "again in the same workdir resumes. Default: runs/<config name>[-<arg>].")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process jobs "
-                                   "without TPU/SLURM auto-detection, e.g. launch/local.py).")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics and results go; a job started "
+    "again in the same workdir resumes. Default: runs/<config name>[-<arg>].",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (multi-process jobs " "without TPU/SLURM auto-detection, e.g. launch/local.py).",
+)
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
-_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-host job whose cluster JAX detects (TPU pod "
-                               "slices; launch/tpu_pod.py sets it). SLURM jobs of several tasks join anyway.")
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost",
+    False,
+    "Join a multi-host job whose cluster JAX detects (TPU pod "
+    "slices; launch/tpu_pod.py sets it). SLURM jobs of several tasks join anyway.",
+)
 
 
 def default_workdir():
@@ -37,25 +50,32 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 brings it back
   from src import parallel  # imported here so `--help` stays fast
+
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
   from src.config_check import ConfigError, check_workdir
   from src.data import DatasetMissingError
   from src.train import CheckpointWriteError, DivergedError
+
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir()
   try:
     check_workdir(workdir)
     if config.get("mode", "train") == "eval":
       if config.get("sweep"):
-        raise ConfigError("mode=eval evaluates one run: use a single-run config (e.g. configs/cifar_resnet.py) "
-                          "with --workdir=<sweep workdir>/<run name>.")
+        raise ConfigError(
+            "mode=eval evaluates one run: use a single-run config (e.g. configs/cifar_resnet.py) "
+            "with --workdir=<sweep workdir>/<run name>."
+        )
       from src.evaluate import run_eval
+
       run_eval(config, workdir)
     elif config.get("sweep"):
       from src.sweep import run_sweep
+
       run_sweep(config, workdir)
     else:
       from src.train import train_and_evaluate
+
       train_and_evaluate(config, workdir)
   except (ConfigError, DatasetMissingError, DivergedError, CheckpointWriteError) as e:  # the message says it all
     raise SystemExit(f"error: {e}") from None

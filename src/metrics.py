@@ -1,5 +1,6 @@
 """Per-run metrics: one JSON object per line in `metrics.jsonl` (what notebooks read), TensorBoard event
 files under `tb/`, and a one-line console progress report. Only process 0 writes."""
+
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ class MetricWriter:
 
   def _tensorboard(self, step, scalars):
     import tensorflow as tf  # already loaded by tfds; imported lazily so models/tests need not pay for it
+
     if self._tb is None:
       self._tb = tf.summary.create_file_writer(self._tb_dir)
     with self._tb.as_default():
@@ -102,8 +104,10 @@ class Progress:
       return
     eta = (self.total - step) / rate if rate > 0 else 0
     h, rem = divmod(int(eta), 3600)
-    line = (f"{self.name} step {step}/{self.total}  loss {loss:.4f}  err {100 * error:.2f}%  lr {lr:.3g}  "
-            f"{rate:.2f} it/s  ETA {h}:{rem // 60:02d}:{rem % 60:02d}")
+    line = (
+        f"{self.name} step {step}/{self.total}  loss {loss:.4f}  err {100 * error:.2f}%  lr {lr:.3g}  "
+        f"{rate:.2f} it/s  ETA {h}:{rem // 60:02d}:{rem % 60:02d}"
+    )
     if self.tty:
       print("\r" + line.ljust(100), end="\n" if final else "", flush=True)
     else:

@@ -3,6 +3,7 @@
 The learning rate lives in the optimiser state (optax.inject_hyperparams), so the train step can set it
 from the schedule and the ResNet-110 warm-up flag, and a checkpoint holds it.
 """
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -18,8 +19,7 @@ def weight_decay_mask(params, decay_bn_and_bias: bool):
   return jax.tree.map(lambda p: p.ndim > 1, params)  # conv / FC kernels only
 
 
-def sgd(learning_rate, *, momentum: float, weight_decay: float, momentum_form: str, nesterov: bool = False,
-        mask=None):
+def sgd(learning_rate, *, momentum: float, weight_decay: float, momentum_form: str, nesterov: bool = False, mask=None):
   """SGD with momentum and L2 weight decay (added to the gradient, as Caffe's weight_decay does).
 
   momentum_form='caffe': v <- m v + lr (g + wd w), w <- w - v   (Caffe; the paper's framework)
@@ -29,11 +29,13 @@ def sgd(learning_rate, *, momentum: float, weight_decay: float, momentum_form: s
   """
   decay = optax.add_decayed_weights(weight_decay, mask)
   if momentum_form == "caffe":
-    return optax.chain(decay, optax.scale_by_learning_rate(learning_rate),
-                       optax.trace(decay=momentum, nesterov=nesterov))
+    return optax.chain(
+        decay, optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum, nesterov=nesterov)
+    )
   if momentum_form == "optax":
-    return optax.chain(decay, optax.trace(decay=momentum, nesterov=nesterov),
-                       optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(
+        decay, optax.trace(decay=momentum, nesterov=nesterov), optax.scale_by_learning_rate(learning_rate)
+    )
   raise ValueError(f"optim.momentum_form must be 'caffe' or 'optax', got {momentum_form!r}.")
 
 
@@ -41,8 +43,13 @@ def make_optimizer(config, params):
   o = config.optim
   mask = weight_decay_mask(params, o.decay_bn_and_bias)
   return optax.inject_hyperparams(sgd, static_args=("momentum", "weight_decay", "momentum_form", "nesterov", "mask"))(
-      learning_rate=config.schedule.base_lr, momentum=o.momentum, weight_decay=o.weight_decay,
-      momentum_form=o.momentum_form, nesterov=o.nesterov, mask=mask)
+      learning_rate=config.schedule.base_lr,
+      momentum=o.momentum,
+      weight_decay=o.weight_decay,
+      momentum_form=o.momentum_form,
+      nesterov=o.nesterov,
+      mask=mask,
+  )
 
 
 def make_schedule(config):
@@ -57,14 +64,16 @@ def make_schedule(config):
 @flax.struct.dataclass
 class PlateauState:
   """The paper's ImageNet rule, "divided by 10 when the error plateaus" (Sec. 3.4), as checkpointed state."""
-  best: jax.Array    # lowest monitored (validation) error so far
+
+  best: jax.Array  # lowest monitored (validation) error so far
   waited: jax.Array  # evaluations since it last improved by more than plateau_min_delta
-  scale: jax.Array   # product of the factors applied so far; multiplies the lr
+  scale: jax.Array  # product of the factors applied so far; multiplies the lr
 
 
 def plateau_init() -> PlateauState:
-  return PlateauState(best=jnp.asarray(np.inf, jnp.float32), waited=jnp.zeros((), jnp.int32),
-                      scale=jnp.ones((), jnp.float32))
+  return PlateauState(
+      best=jnp.asarray(np.inf, jnp.float32), waited=jnp.zeros((), jnp.int32), scale=jnp.ones((), jnp.float32)
+  )
 
 
 def plateau_update(config, p: PlateauState, error: float) -> PlateauState:

@@ -1,17 +1,42 @@
 """The paper's reported numbers, in one place, for results tables and plots to stand beside."""
 
 # Table 6: CIFAR-10 test error (%) and parameters. Plain nets have no number in the table (Fig. 6 only).
-CIFAR_TEST_ERROR = {"cifar_resnet20": 8.75, "cifar_resnet32": 7.51, "cifar_resnet44": 7.17,
-                    "cifar_resnet56": 6.97, "cifar_resnet110": 6.43, "cifar_resnet1202": 7.93}
-CIFAR_PARAMS = {"cifar_resnet20": "0.27M", "cifar_resnet32": "0.46M", "cifar_resnet44": "0.66M",
-                "cifar_resnet56": "0.85M", "cifar_resnet110": "1.7M", "cifar_resnet1202": "19.4M"}
+CIFAR_TEST_ERROR = {
+    "cifar_resnet20": 8.75,
+    "cifar_resnet32": 7.51,
+    "cifar_resnet44": 7.17,
+    "cifar_resnet56": 6.97,
+    "cifar_resnet110": 6.43,
+    "cifar_resnet1202": 7.93,
+}
+CIFAR_PARAMS = {
+    "cifar_resnet20": "0.27M",
+    "cifar_resnet32": "0.46M",
+    "cifar_resnet44": "0.66M",
+    "cifar_resnet56": "0.85M",
+    "cifar_resnet110": "1.7M",
+    "cifar_resnet1202": "19.4M",
+}
 
 # Tables 2-4: ImageNet val top-1 / top-5 error (%). 10-crop unless marked multi-scale.
-IMAGENET_10CROP = {"plain18": (27.94, None), "resnet18": (27.88, None), "plain34": (28.54, 10.02),
-                   "resnet34:A": (25.03, 7.76), "resnet34:B": (24.52, 7.46), "resnet34:C": (24.19, 7.40),
-                   "resnet50": (22.85, 6.71), "resnet101": (21.75, 6.05), "resnet152": (21.43, 5.71)}
-IMAGENET_MULTISCALE = {"resnet34:B": (21.84, 5.71), "resnet34:C": (21.53, 5.60), "resnet50": (20.74, 5.25),
-                       "resnet101": (19.87, 4.60), "resnet152": (19.38, 4.49)}
+IMAGENET_10CROP = {
+    "plain18": (27.94, None),
+    "resnet18": (27.88, None),
+    "plain34": (28.54, 10.02),
+    "resnet34:A": (25.03, 7.76),
+    "resnet34:B": (24.52, 7.46),
+    "resnet34:C": (24.19, 7.40),
+    "resnet50": (22.85, 6.71),
+    "resnet101": (21.75, 6.05),
+    "resnet152": (21.43, 5.71),
+}
+IMAGENET_MULTISCALE = {
+    "resnet34:B": (21.84, 5.71),
+    "resnet34:C": (21.53, 5.60),
+    "resnet50": (20.74, 5.25),
+    "resnet101": (19.87, 4.60),
+    "resnet152": (19.38, 4.49),
+}
 
 
 IMAGENET_DEFAULT_SHORTCUT = "B"  # what src/models builds for ImageNet nets when model.shortcut is None

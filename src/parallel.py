@@ -3,6 +3,7 @@
 This replaces pmap (in maintenance mode since JAX 0.4.3x): the same code runs on 1 CPU, 8 GPUs or a TPU pod;
 XLA's partitioner inserts the gradient all-reduce, and process-local batches become one global array.
 """
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -15,9 +16,11 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   jobs of several tasks let JAX detect the cluster itself. A single process starts nothing.
   """
   import os
+
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   elif multihost or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
 

@@ -5,6 +5,7 @@ fig6.png (plain nets vs ResNets, training and test error), fig7.png (layer respo
 checkpoints), table6.md (test error beside the paper's); for ImageNet runs (data.name imagenet2012): fig4.png
 and imagenet.md (Tables 2-4). Whatever a workdir has no runs for is skipped.
 """
+
 import argparse
 import os
 
@@ -41,19 +42,25 @@ def write_report(workdir: str, num_images: int = 500, log=print) -> list:
       save(plot_fig1(cifar), "fig1.png")
     save(plot_fig6(cifar), "fig6.png")
     from src.analysis.layer_responses import plot_fig7, response_stds  # JAX: only when needed
+
     stds = response_stds(workdir, num_images=num_images)
     if stds:
       save(plot_fig7(stds), "fig7.png")
     else:
       log("no checkpoints: fig7.png skipped")
-    save_text("# Table 6 (errors in %)\n\nThe paper's column: CIFAR-10 test error of He et al. (2016), Table 6, "
-              "shown for CIFAR-10 runs only.\n\n" + to_markdown(table6(workdir)), "table6.md")
+    save_text(
+        "# Table 6 (errors in %)\n\nThe paper's column: CIFAR-10 test error of He et al. (2016), Table 6, "
+        "shown for CIFAR-10 runs only.\n\n" + to_markdown(table6(workdir)),
+        "table6.md",
+    )
   imagenet = curves[curves["dataset"] == IMAGENET]
   if len(imagenet):
     save(plot_fig4(imagenet), "fig4.png")
-    save_text("# ImageNet (Tables 2-4; errors in %)\n\nThe runs' top-1/top-5: validation, single centre crop; "
-              "the paper's: 10-crop (Tables 2-3) and multi-scale (Table 4).\n\n" + to_markdown(imagenet_table(workdir)),
-              "imagenet.md")
+    save_text(
+        "# ImageNet (Tables 2-4; errors in %)\n\nThe runs' top-1/top-5: validation, single centre crop; "
+        "the paper's: 10-crop (Tables 2-3) and multi-scale (Table 4).\n\n" + to_markdown(imagenet_table(workdir)),
+        "imagenet.md",
+    )
   else:
     log("no ImageNet runs: fig4.png and imagenet.md skipped")
   return written

@@ -3,6 +3,7 @@
 `config.sweep` is a list of {"name": ..., <dotted field>: value, ...} overrides. Runs that finished
 (result.json present) are skipped, so a sweep started again continues at the run it was in.
 """
+
 import copy
 import csv
 import json
@@ -48,8 +49,17 @@ def run_sweep(config, workdir: str, log=print):
   return results
 
 
-COLUMNS = ("name", "model", "params", "steps", "train/error", "val/error", "test/error", "paper test error",
-           "wall_time_s")
+COLUMNS = (
+    "name",
+    "model",
+    "params",
+    "steps",
+    "train/error",
+    "val/error",
+    "test/error",
+    "paper test error",
+    "wall_time_s",
+)
 
 
 def write_results(results, workdir: str):
@@ -75,12 +85,23 @@ def write_results(results, workdir: str):
       return f"{v / 60:.1f} min"
     return str(v)
 
-  header = ["run", "model", "params", "steps", "train err %", "val err %", "test err %", "paper test err %",
-            "wall time"]
+  header = [
+      "run",
+      "model",
+      "params",
+      "steps",
+      "train err %",
+      "val err %",
+      "test err %",
+      "paper test err %",
+      "wall time",
+  ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(fmt(k, row[k]) for k in COLUMNS) + " |" for row in rows]
   with open(os.path.join(workdir, "results.md"), "w") as f:
     datasets = sorted({str(r.get("dataset")) for r in results})
-    f.write(f"# Results ({', '.join(datasets)})\n\nFinal errors of each run; the paper's column is Table 6 "
-            "(CIFAR-10 test error), shown for CIFAR-10 runs only.\n\n")
+    f.write(
+        f"# Results ({', '.join(datasets)})\n\nFinal errors of each run; the paper's column is Table 6 "
+        "(CIFAR-10 test error), shown for CIFAR-10 runs only.\n\n"
+    )
     f.write("\n".join(lines) + "\n")

@@ -4,6 +4,7 @@
 same workdir, it resumes from the newest checkpoint: model, optimiser, warm-up flag and data position
 (the batch of step s is a pure function of (seed, s)), so a resumed run is bitwise the uninterrupted one.
 """
+
 import contextlib
 import hashlib
 import json
@@ -41,9 +42,15 @@ def create_state(config, model, image_shape, mesh):
   def init():
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1,) + tuple(image_shape)), train=False)
     tx = optim.make_optimizer(config, variables["params"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(variables["params"]),
-                      warmup_done=jnp.zeros((), bool), plateau=optim.plateau_init())
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(variables["params"]),
+        warmup_done=jnp.zeros((), bool),
+        plateau=optim.plateau_init(),
+    )
+
   state = jax.jit(init, out_shardings=parallel.replicated(mesh))()
   return state, optim.make_optimizer(config, state.params)
 
@@ -64,8 +71,9 @@ def make_train_step(config, model, tx, mean):
     lr = optim.learning_rate(schedule, config, state.step, state.warmup_done, state.plateau.scale)
 
     def loss_fn(params):
-      logits, new_vars = model.apply({"params": params, "batch_stats": state.batch_stats}, images, train=True,
-                                     mutable=["batch_stats"])
+      logits, new_vars = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, images, train=True, mutable=["batch_stats"]
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
       return loss, (logits, new_vars["batch_stats"])
 
@@ -74,10 +82,14 @@ def make_train_step(config, model, tx, mean):
     opt_state.hyperparams["learning_rate"] = lr
     updates, opt_state = tx.update(grads, opt_state, state.params)
     error = jnp.mean(jnp.argmax(logits, -1) != labels)
-    new_state = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                           batch_stats=batch_stats, opt_state=opt_state,
-                           warmup_done=optim.warmup_finished(config, state.step, state.warmup_done, error),
-                           plateau=state.plateau)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        warmup_done=optim.warmup_finished(config, state.step, state.warmup_done, error),
+        plateau=state.plateau,
+    )
     return new_state, {"train/loss": loss, "train/error": error, "lr": lr}
 
   return train_step
@@ -86,8 +98,10 @@ def make_train_step(config, model, tx, mean):
 def make_multi_step(train_step):
   """steps_per_call steps in one jitted call (lax.scan over a stack of batches): on GPUs the small CIFAR
   batches are dominated by per-step dispatch overhead, which this amortises. Same maths as single steps."""
+
   def multi_step(state, batches):
     return jax.lax.scan(train_step, state, batches)
+
   return multi_step
 
 
@@ -97,14 +111,20 @@ def stack(batches):
 
 def make_eval_step(model, mean):
   def eval_step(state: TrainState, batch):
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                         normalize(batch["image"], mean), train=False)
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, normalize(batch["image"], mean), train=False
+    )
     mask = batch["mask"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     wrong = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
     wrong5 = 1.0 - jnp.any(jax.lax.top_k(logits, 5)[1] == batch["label"][:, None], -1).astype(jnp.float32)
-    return {"wrong": jnp.sum(wrong * mask), "wrong5": jnp.sum(wrong5 * mask), "loss": jnp.sum(loss * mask),
-            "count": jnp.sum(mask)}
+    return {
+        "wrong": jnp.sum(wrong * mask),
+        "wrong5": jnp.sum(wrong5 * mask),
+        "loss": jnp.sum(loss * mask),
+        "count": jnp.sum(mask),
+    }
+
   return eval_step
 
 
@@ -157,8 +177,10 @@ def check_same_run(config, workdir):
       now.pop(moved, None), then.pop(moved, None)
     if then != now:
       diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
-      raise ConfigError(f"{workdir} holds a run with a different config.{block} (fields differ: {diff}); "
-                        "use another --workdir for a new experiment, or the original config to resume.")
+      raise ConfigError(
+          f"{workdir} holds a run with a different config.{block} (fields differ: {diff}); "
+          "use another --workdir for a new experiment, or the original config to resume."
+      )
 
 
 @contextlib.contextmanager
@@ -173,7 +195,8 @@ def _checkpoint_errors(ckpts, step):
     raise CheckpointWriteError(
         f"Could not write the checkpoint of step {failed} to {ckpts.directory}: {type(e).__name__}: {e}. "
         f"The older checkpoints there ({ckpts.all_steps()}) are intact; free disk space or fix permissions, "
-        "then start the same command again to resume.") from e
+        "then start the same command again to resume."
+    ) from e
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -186,14 +209,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
 
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
-  if nproc > 1 and hasattr(ds, "train_images"):  # each process reads its own shard; say which, so a mis-sharded job is easy to spot
-    print(f"process {pid}/{nproc}: {len(ds.train_labels)} of {ds.num_train} training examples, "
-          f"shard fingerprint {hashlib.sha1(ds.train_images[:256].tobytes()).hexdigest()[:12]}, "
-          f"{jax.local_device_count()} of {jax.device_count()} devices", flush=True)
+  if nproc > 1 and hasattr(
+      ds, "train_images"
+  ):  # each process reads its own shard; say which, so a mis-sharded job is easy to spot
+    print(
+        f"process {pid}/{nproc}: {len(ds.train_labels)} of {ds.num_train} training examples, "
+        f"shard fingerprint {hashlib.sha1(ds.train_images[:256].tobytes()).hexdigest()[:12]}, "
+        f"{jax.local_device_count()} of {jax.device_count()} devices",
+        flush=True,
+    )
   model = models.model_from_config(config.model, num_classes=ds.num_classes)
   state, tx = create_state(config, model, ds.image_shape, mesh)
-  ckpts = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-                                 keep_best="val" in ds.splits, async_save=config.async_checkpoints)
+  ckpts = checkpoint.Checkpoints(
+      os.path.join(workdir, "checkpoints"),
+      keep=config.keep_checkpoints,
+      keep_best="val" in ds.splits,
+      async_save=config.async_checkpoints,
+  )
   start, wall_before = 0, 0.0
   restored = ckpts.restore_latest(checkpoint.abstract(state), log=print if main_process else lambda _: None)
   if restored is not None:
@@ -208,12 +240,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mean = jnp.asarray(ds.mean)
   replicated = parallel.replicated(mesh)
   k = config.steps_per_call
-  train_step = jax.jit(make_train_step(config, model, tx, mean) if k == 1 else
-                       make_multi_step(make_train_step(config, model, tx, mean)),
-                       donate_argnums=0, out_shardings=(replicated, replicated),
-                       compiler_options=compiler_options(config))
-  eval_step = jax.jit(make_eval_step(model, mean), out_shardings=replicated,
-                      compiler_options=compiler_options(config))
+  train_step = jax.jit(
+      make_train_step(config, model, tx, mean) if k == 1 else make_multi_step(make_train_step(config, model, tx, mean)),
+      donate_argnums=0,
+      out_shardings=(replicated, replicated),
+      compiler_options=compiler_options(config),
+  )
+  eval_step = jax.jit(make_eval_step(model, mean), out_shardings=replicated, compiler_options=compiler_options(config))
   eval_batch = config.eval_batch_size // nproc
 
   progress = metrics.Progress(config.num_steps, start, enabled=main_process, name=config.get("name", ""))
@@ -228,8 +261,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if k == 1:
         batch = parallel.global_batch(ds.train_batch(step, local_batch), mesh)
       else:
-        batch = parallel.global_batch(stack([ds.train_batch(step + i, local_batch) for i in range(k)]), mesh,
-                                      leading_axes=1)
+        batch = parallel.global_batch(
+            stack([ds.train_batch(step + i, local_batch) for i in range(k)]), mesh, leading_axes=1
+        )
       state, step_metrics = train_step(state, batch)
       pending.append(step_metrics)
       step += k
@@ -239,8 +273,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       log_now = step % config.log_every == 0 or done or preempt.requested
       ckpt_now = step % config.checkpoint_every == 0 or done or preempt.requested
       if log_now or ckpt_now:
-        logged = {name: np.concatenate([np.atleast_1d(m[name]) for m in jax.device_get(pending)])
-                  for name in pending[0]}  # one entry per step, whatever steps_per_call is
+        logged = {
+            name: np.concatenate([np.atleast_1d(m[name]) for m in jax.device_get(pending)]) for name in pending[0]
+        }  # one entry per step, whatever steps_per_call is
         pending = []
         row = {name: float(np.mean(logged[name])) for name in ("train/loss", "train/error")}
         row["lr"] = float(logged["lr"][-1])
@@ -249,7 +284,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f"Training diverged: train loss is {row['train/loss']} in the {len(logged['lr'])} steps up to step "
               f"{step}. "
               f"No checkpoint was written after step {ckpts.latest_step()}. Lower schedule.base_lr or "
-              "check the data.")
+              "check the data."
+          )
         with _checkpoint_errors(ckpts, step):
           ckpts.check()  # stop soon after an asynchronous save fails, not at the next save
         row["steps_per_sec"] = progress.rate(step)
@@ -269,8 +305,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if ckpt_now or preempt.requested:  # SIGTERM may have arrived during the evaluation above
           val = {"val/error": row["val/error"]} if "val/error" in row else None
           with _checkpoint_errors(ckpts, step):
-            ckpts.save(step, state, {"step": step, "seed": config.seed, "data_position": step,
-                                     "wall_time_s": wall_before + time.time() - t_start}, metrics=val, force=True)
+            ckpts.save(
+                step,
+                state,
+                {
+                    "step": step,
+                    "seed": config.seed,
+                    "data_position": step,
+                    "wall_time_s": wall_before + time.time() - t_start,
+                },
+                metrics=val,
+                force=True,
+            )
         progress.restart(step)
         if preempt.requested and not done:
           with _checkpoint_errors(ckpts, step):
@@ -290,9 +336,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     except Exception:  # already reported above; closing must not hide the first error
       pass
 
-  result = {"name": config.get("name", ""), "model": config.model.name, "dataset": config.data.name, "steps": step,
-            "params": models.count_params(state.params), "wall_time_s": wall_before + time.time() - t_start,
-            "resumed_from": start, **{k: v for k, v in last.items() if "/" in k}}
+  result = {
+      "name": config.get("name", ""),
+      "model": config.model.name,
+      "dataset": config.data.name,
+      "steps": step,
+      "params": models.count_params(state.params),
+      "wall_time_s": wall_before + time.time() - t_start,
+      "resumed_from": start,
+      **{k: v for k, v in last.items() if "/" in k},
+  }
   if main_process:
     with open(os.path.join(workdir, "result.json"), "w") as f:
       json.dump(result, f, indent=2)

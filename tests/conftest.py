@@ -13,19 +13,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_cifar_args(data_dir, workdir, steps=30, depth=8, **extra):
   """A few dozen steps of the real recipe on the fake CIFAR-10: small nets, batch 32."""
-  args = [f"--config=configs/cifar_resnet.py:depth={depth}", f"--workdir={workdir}",
-          f"--config.data.data_dir={data_dir}", "--config.data.val_size=100", "--config.batch_size=32",
-          "--config.eval_batch_size=64", "--config.model.bn_group_size=16", f"--config.num_steps={steps}",
-          "--config.log_every=5", "--config.eval_every=10", "--config.checkpoint_every=10",
-          f"--config.schedule.boundaries=({steps // 2},{steps * 3 // 4})"]
+  args = [
+      f"--config=configs/cifar_resnet.py:depth={depth}",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={data_dir}",
+      "--config.data.val_size=100",
+      "--config.batch_size=32",
+      "--config.eval_batch_size=64",
+      "--config.model.bn_group_size=16",
+      f"--config.num_steps={steps}",
+      "--config.log_every=5",
+      "--config.eval_every=10",
+      "--config.checkpoint_every=10",
+      f"--config.schedule.boundaries=({steps // 2},{steps * 3 // 4})",
+  ]
   return args + [f"--config.{k}={v}" for k, v in extra.items()]
 
 
 def run_main(args, timeout=300, env=None, check=True):
   """python -m src.main in a fresh process, as a user runs it."""
   full_env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
-  proc = subprocess.run([sys.executable, "-m", "src.main", *args], cwd=REPO, env=full_env, capture_output=True,
-                        text=True, timeout=timeout)
+  proc = subprocess.run(
+      [sys.executable, "-m", "src.main", *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f"src.main failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc
@@ -34,11 +44,13 @@ def run_main(args, timeout=300, env=None, check=True):
 def load_state(run_dir, step=None):
   """The train state saved in a run's checkpoint (newest if step is None)."""
   from src.checkpoint import load_saved_state
+
   return load_saved_state(str(run_dir), step)
 
 
 def assert_trees_bitwise_equal(a, b):
   import jax
+
   la, lb = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
   assert [p for p, _ in la] == [p for p, _ in lb]
   for (path, x), (_, y) in zip(la, lb):

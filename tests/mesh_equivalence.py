@@ -3,6 +3,7 @@
 Trains a few steps of the real train step on a 1-device and an 8-device mesh and prints JSON facts:
 losses, max parameter differences, and per-device-BN outputs against a reference computed by hand.
 """
+
 import json
 import sys
 
@@ -16,8 +17,13 @@ from src import models, parallel, train
 
 def batches(n, batch=32, seed=0):
   rng = np.random.default_rng(seed)
-  return [{"image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
-           "label": rng.integers(0, 10, (batch,)).astype(np.int32)} for _ in range(n)]
+  return [
+      {
+          "image": rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8),
+          "label": rng.integers(0, 10, (batch,)).astype(np.int32),
+      }
+      for _ in range(n)
+  ]
 
 
 def run(config, devices, data, mean):
@@ -59,15 +65,19 @@ def main():
   whole = models.model_from_config(sync.model, num_classes=10)
   variables = jax.device_get({"params": s1.params, "batch_stats": s1.batch_stats})
   x = train.normalize(jnp.asarray(data[0]["image"]), mean)
-  apply = jax.jit(lambda v, x: grouped.apply(v, x, train=True, mutable=["batch_stats"]),
-                  in_shardings=(parallel.replicated(mesh8), parallel.batch_sharded(mesh8)))
+  apply = jax.jit(
+      lambda v, x: grouped.apply(v, x, train=True, mutable=["batch_stats"]),
+      in_shardings=(parallel.replicated(mesh8), parallel.batch_sharded(mesh8)),
+  )
   logits, stats = apply(variables, x)
-  shards = [whole.apply(variables, x[i:i + 4], train=True, mutable=["batch_stats"]) for i in range(0, 32, 4)]
+  shards = [whole.apply(variables, x[i : i + 4], train=True, mutable=["batch_stats"]) for i in range(0, 32, 4)]
   out["per_device_logits_diff"] = float(jnp.max(jnp.abs(logits - jnp.concatenate([s[0] for s in shards]))))
   mean_stats = jax.tree.map(lambda *a: sum(a) / len(a), *[s[1] for s in shards])
   out["per_device_stats_diff"] = max_diff(stats, mean_stats)
-  out["sync_vs_per_device_logits_diff"] = float(jnp.max(jnp.abs(
-      logits - whole.apply(variables, x, train=True, mutable=["batch_stats"])[0])))
+  out["sync_vs_per_device_logits_diff"] = float(
+      jnp.max(jnp.abs(logits - whole.apply(variables, x, train=True, mutable=["batch_stats"])[0]))
+  )
+
   # 3. What the partitioner did: all-reduces in the compiled 8-device train steps (gradients only vs
   #    gradients + BN statistics).
   def all_reduces(config):
@@ -77,6 +87,7 @@ def main():
     fn = jax.jit(train.make_train_step(config, model, tx, mean), out_shardings=(rep, rep))
     hlo = fn.lower(state, parallel.global_batch(data[0], mesh8)).compile().as_text()
     return hlo.count(" all-reduce(") + hlo.count(" all-reduce-start(")
+
   out["all_reduces_sync"], out["all_reduces_per_device"] = all_reduces(sync), all_reduces(per_dev)
   json.dump(out, sys.stdout)
 

@@ -1,4 +1,5 @@
 """Tables, figures, the report command and every notebook, on a small sweep made by the real train loop."""
+
 import json
 import os
 import re
@@ -42,14 +43,18 @@ def imagenet_workdir(tmp_path_factory):
   for run, model, shortcut in (("plain18", "plain18", "B"), ("resnet34", "resnet34", "B")):
     d = workdir / run
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"name": run, "data": {"name": "imagenet2012"},
-                                               "model": {"name": model, "shortcut": shortcut}}))
+    (d / "config.json").write_text(
+        json.dumps({"name": run, "data": {"name": "imagenet2012"}, "model": {"name": model, "shortcut": shortcut}})
+    )
     rows = [{"step": s, "train/error": 0.9 - s / 2000} for s in range(100, 1001, 100)]
     for r in rows[1::2]:
       r.update({"val/error": r["train/error"] + 0.05, "val/top5_error": r["train/error"] - 0.2})
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (d / "result.json").write_text(json.dumps({"name": run, "model": model, "dataset": "imagenet2012",
-                                               "steps": 1000, "params": 21_800_000, **rows[-1]}))
+    (d / "result.json").write_text(
+        json.dumps(
+            {"name": run, "model": model, "dataset": "imagenet2012", "steps": 1000, "params": 21_800_000, **rows[-1]}
+        )
+    )
   evaluated = {"ten_crop": {"top1_error": 0.25, "top5_error": 0.08, "count": 50000}}  # as src.evaluate writes it
   (workdir / "resnet34" / "eval.json").write_text(json.dumps({"members": [], "split": "val", "results": evaluated}))
   return str(workdir)
@@ -81,8 +86,11 @@ def test_tables_hold_the_runs_numbers(sweep):
 
 def test_table6_carries_the_papers_number(tmp_path):
   # Runs that claim to be CIFAR-10 ResNet-56 and -110 get the paper's numbers beside them; mnist5k gets none.
-  for run, model, dataset in (("resnet56", "cifar_resnet56", "cifar10"), ("resnet110", "cifar_resnet110", "cifar10"),
-                              ("digits", "cifar_resnet20", "mnist5k")):
+  for run, model, dataset in (
+      ("resnet56", "cifar_resnet56", "cifar10"),
+      ("resnet110", "cifar_resnet110", "cifar10"),
+      ("digits", "cifar_resnet20", "mnist5k"),
+  ):
     (tmp_path / run).mkdir()
     (tmp_path / run / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/error": 0.5, "test/error": 0.1}))
     (tmp_path / run / "result.json").write_text(json.dumps({"model": model, "dataset": dataset, "params": 1}))
@@ -96,8 +104,9 @@ def test_imagenet_table_beside_the_paper(imagenet_workdir):
   t = imagenet_table(imagenet_workdir).set_index("run")
   assert t.loc["resnet34", "top-1"] == pytest.approx(100 * (0.9 - 0.5 + 0.05))  # the final val/error, in %
   assert t.loc["resnet34", "top-5"] == pytest.approx(100 * (0.9 - 0.5 - 0.2))
-  assert (t.loc["resnet34", "paper 10-crop top-1"], t.loc["resnet34", "paper 10-crop top-5"]) == \
-      paper.IMAGENET_10CROP["resnet34:B"]  # ResNet-34 is looked up by its shortcut option
+  assert (t.loc["resnet34", "paper 10-crop top-1"], t.loc["resnet34", "paper 10-crop top-5"]) == paper.IMAGENET_10CROP[
+      "resnet34:B"
+  ]  # ResNet-34 is looked up by its shortcut option
   assert t.loc["resnet34", "paper multi-scale top-1"] == paper.IMAGENET_MULTISCALE["resnet34:B"][0]
   assert t.loc["plain18", "paper 10-crop top-1"] == paper.IMAGENET_10CROP["plain18"][0]
   assert (t.loc["resnet34", "10-crop top-1"], t.loc["resnet34", "10-crop top-5"]) == (25.0, 8.0)  # from eval.json
@@ -123,9 +132,12 @@ def test_layer_order_is_the_call_order(scan):
   inter = jax.jit(lambda v: model.apply(v, x, train=False, mutable=["intermediates"])[1]["intermediates"])(variables)
   names = [n for n, _ in ordered_responses(inter)]
   block = "blocks[{}]".format if scan else "block{}".format
-  expected = ["conv1"] + [f"stage{s}/{block0}/conv{c}" for s in (1, 2, 3)
-                          for block0 in ["block0"] + [block(i - 1 if scan else i) for i in range(1, 12)]
-                          for c in (1, 2)]
+  expected = ["conv1"] + [
+      f"stage{s}/{block0}/conv{c}"
+      for s in (1, 2, 3)
+      for block0 in ["block0"] + [block(i - 1 if scan else i) for i in range(1, 12)]
+      for c in (1, 2)
+  ]
   assert names == expected
 
 
@@ -136,8 +148,14 @@ def _check_png(path):
 
 
 def _report(workdir):
-  proc = subprocess.run([sys.executable, "-m", "src.report", f"--workdir={workdir}", "--num_images=64"], cwd=REPO,
-                        capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.run(
+      [sys.executable, "-m", "src.report", f"--workdir={workdir}", "--num_images=64"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc.stdout
 
@@ -167,8 +185,9 @@ def _execute(notebook, workdir, monkeypatch):
   assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "commit without outputs"
   assert "parameters" in code[0].metadata.get("tags", []) and "workdir =" in code[0].source
   monkeypatch.setenv("RESNET_WORKDIR", workdir)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()  # raises on a failed cell
+  NotebookClient(
+      nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}
+  ).execute()  # raises on a failed cell
   return [o for c in nb.cells for o in c.get("outputs", [])]
 
 

@@ -1,4 +1,5 @@
 """The benchmark command runs and reports sane numbers; the train step compiles once and never again."""
+
 import json
 import subprocess
 import sys
@@ -13,9 +14,25 @@ from tests.conftest import REPO
 
 
 def test_bench_command_reports_every_column():
-  proc = subprocess.run([sys.executable, "-m", "src.bench", "--models", "cifar_resnet8", "--batch", "16",
-                         "--steps", "2", "--steps_per_call", "1,2"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  proc = subprocess.run(
+      [
+          sys.executable,
+          "-m",
+          "src.bench",
+          "--models",
+          "cifar_resnet8",
+          "--batch",
+          "16",
+          "--steps",
+          "2",
+          "--steps_per_call",
+          "1,2",
+      ],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
   assert [r["steps_per_call"] for r in rows] == [1, 2]
@@ -35,20 +52,24 @@ def test_train_step_never_recompiles():
   state, tx = train.create_state(config, model, (32, 32, 3), mesh)
   rep = parallel.replicated(mesh)
   compiles = []
-  step = jax.jit(train.make_train_step(config, model, tx, jnp.zeros((32, 32, 3))), donate_argnums=0,
-                 out_shardings=(rep, rep))
+  step = jax.jit(
+      train.make_train_step(config, model, tx, jnp.zeros((32, 32, 3))), donate_argnums=0, out_shardings=(rep, rep)
+  )
   rng = np.random.default_rng(0)
   lrs = []
   with jax.log_compiles(True):
     import logging
+
     handler = logging.Handler()
     handler.emit = lambda record: compiles.append(record.getMessage())
     logging.getLogger("jax._src.interpreters.pxla").addHandler(handler)
     logging.getLogger("jax._src.dispatch").addHandler(handler)
     try:
       for _ in range(6):
-        batch = {"image": rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
-                 "label": rng.integers(0, 10, (64,)).astype(np.int32)}
+        batch = {
+            "image": rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 10, (64,)).astype(np.int32),
+        }
         state, m = step(state, parallel.global_batch(batch, mesh))
         lrs.append(float(m["lr"]))
     finally:

@@ -1,5 +1,6 @@
 """src/models/conv.py: the CPU convolution is the ordinary convolution, gradients included, and its gradient
 convolutions stay in the canonical form XLA:CPU runs fast, inside loops too."""
+
 import re
 
 import flax.linen as nn
@@ -19,15 +20,22 @@ def grads(conv, x, w, strides, padding):
   def f(x, w):
     y = conv(x, w, strides, padding, dimension_numbers=DN)
     return jnp.sum(jnp.sin(y))  # a non-trivial cotangent
+
   return jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
 
 
-GEOMETRIES = pytest.mark.parametrize("kernel,strides,padding,size", [
-    (3, (1, 1), "SAME", 12), (3, (2, 2), [(1, 1), (1, 1)], 12), (3, (1, 1), "VALID", 12),
-    (1, (2, 2), [(0, 0), (0, 0)], 12),      # option B/C projection shortcut
-    (7, (2, 2), [(3, 3), (3, 3)], 16),      # ImageNet stem
-    (3, (2, 2), "SAME", 11),                # odd size: the forward ignores the last row
-    (5, (3, 2), [(2, 1), (0, 2)], 13)])     # asymmetric everything
+GEOMETRIES = pytest.mark.parametrize(
+    "kernel,strides,padding,size",
+    [
+        (3, (1, 1), "SAME", 12),
+        (3, (2, 2), [(1, 1), (1, 1)], 12),
+        (3, (1, 1), "VALID", 12),
+        (1, (2, 2), [(0, 0), (0, 0)], 12),  # option B/C projection shortcut
+        (7, (2, 2), [(3, 3), (3, 3)], 16),  # ImageNet stem
+        (3, (2, 2), "SAME", 11),  # odd size: the forward ignores the last row
+        (5, (3, 2), [(2, 1), (0, 2)], 13),
+    ],
+)  # asymmetric everything
 
 
 @pytest.mark.parametrize("batch", [64, 40, 8])  # divisible by the chunk, not divisible, smaller than it
@@ -36,8 +44,10 @@ def test_forward_and_gradients_match_lax(batch, kernel, strides, padding, size):
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16)) * 0.1
   conv = cpu_conv(16)
-  np.testing.assert_array_equal(conv(x, w, strides, padding, dimension_numbers=DN),
-                                lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN))
+  np.testing.assert_array_equal(
+      conv(x, w, strides, padding, dimension_numbers=DN),
+      lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN),
+  )
   (dx, dw), (rx, rw) = grads(conv, x, w, strides, padding), grads(lax.conv_general_dilated, x, w, strides, padding)
   np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
@@ -47,8 +57,10 @@ def test_forward_and_gradients_match_lax(batch, kernel, strides, padding, size):
 def test_chunks_across_device_shards_give_the_same_gradients(shards):
   x = jax.random.normal(jax.random.key(0), (64, 8, 8, 8))
   w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16)) * 0.1
-  (dx, dw), (rx, rw) = (grads(cpu_conv(8, shards=shards), x, w, (1, 1), "SAME"),
-                        grads(lax.conv_general_dilated, x, w, (1, 1), "SAME"))
+  (dx, dw), (rx, rw) = (
+      grads(cpu_conv(8, shards=shards), x, w, (1, 1), "SAME"),
+      grads(lax.conv_general_dilated, x, w, (1, 1), "SAME"),
+  )
   np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
 

@@ -1,4 +1,5 @@
 """The plateau schedule (ImageNet, Sec. 3.4) and checkpoint evaluation / ensembles (src/evaluate.py)."""
+
 import json
 
 import jax
@@ -38,10 +39,12 @@ def test_plateau_rule_lowers_the_lr_exactly_when_the_error_stops_improving():
 def test_plateau_schedule_in_the_train_loop(fake_cifar10_dir, tmp_path):
   """Evaluations every 5 steps; patience 1: after each evaluation that does not improve the val error,
   the next steps run at a tenth of the lr, and the rule's state survives a restart."""
-  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=40, depth=8, eval_every=5, log_every=5,
-                         checkpoint_every=20)
-  args += ["--config.schedule.kind=plateau", "--config.schedule.plateau_patience=1",
-           "--config.schedule.plateau_min_delta=0.0"]
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=40, depth=8, eval_every=5, log_every=5, checkpoint_every=20)
+  args += [
+      "--config.schedule.kind=plateau",
+      "--config.schedule.plateau_patience=1",
+      "--config.schedule.plateau_min_delta=0.0",
+  ]
   run_main([a.replace("num_steps=40", "num_steps=20") for a in args])  # stop at 20, then resume to 40
   run_main(args)
   rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -92,17 +95,32 @@ def test_ensemble_is_the_mean_of_its_members_softmax(fake_cifar10_dir, tmp_path)
 
 def imagenet_args(data_dir, workdir, steps=6):
   """ResNet-18 on the fake ImageNet at 32 px: the real recipe and pipeline, scaled to a CPU test."""
-  return ["--config=configs/imagenet_resnet.py:depth=18", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-          "--config.data.crop=32", "--config.data.scale_min=36", "--config.data.scale_max=48",
-          "--config.data.eval_resize=36", "--config.data.multiscale=(32,40,48)", "--config.data.multiscale_round=8",
-          "--config.data.mean_images=16", "--config.data.shuffle_buffer=64", "--config.batch_size=8",
-          "--config.eval_batch_size=8", "--config.model.bn_group_size=0", f"--config.num_steps={steps}",
-          "--config.log_every=3", "--config.eval_every=3", "--config.checkpoint_every=3"]
+  return [
+      "--config=configs/imagenet_resnet.py:depth=18",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={data_dir}",
+      "--config.data.crop=32",
+      "--config.data.scale_min=36",
+      "--config.data.scale_max=48",
+      "--config.data.eval_resize=36",
+      "--config.data.multiscale=(32,40,48)",
+      "--config.data.multiscale_round=8",
+      "--config.data.mean_images=16",
+      "--config.data.shuffle_buffer=64",
+      "--config.batch_size=8",
+      "--config.eval_batch_size=8",
+      "--config.model.bn_group_size=0",
+      f"--config.num_steps={steps}",
+      "--config.log_every=3",
+      "--config.eval_every=3",
+      "--config.checkpoint_every=3",
+  ]
 
 
 def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tmp_path):
   from src import models, parallel
   from src.evaluate import predict
+
   args = imagenet_args(fake_imagenet_dir, tmp_path)
   run_main(args)
   rows = read_jsonl(tmp_path / "metrics.jsonl")
@@ -115,9 +133,19 @@ def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tm
   assert all(r["count"] == 7 for r in got["results"].values())  # every validation image, once
 
   # The protocols by hand, on the same checkpoint and the real pipeline.
-  cfg = ml_collections.ConfigDict({"name": "imagenet2012", "data_dir": fake_imagenet_dir, "crop": 32, "scale_min": 36,
-                                   "scale_max": 48, "eval_resize": 36, "multiscale": (32, 40, 48),
-                                   "multiscale_round": 8, "mean_images": 16})
+  cfg = ml_collections.ConfigDict(
+      {
+          "name": "imagenet2012",
+          "data_dir": fake_imagenet_dir,
+          "crop": 32,
+          "scale_min": 36,
+          "scale_max": 48,
+          "eval_resize": 36,
+          "multiscale": (32, 40, 48),
+          "multiscale_round": 8,
+          "mean_images": 16,
+      }
+  )
   ds = data.get_dataset(cfg, seed=0)
   model, variables, _ = load_member(str(tmp_path), 1000)
   softmax = lambda x, mean: np.asarray(jax.nn.softmax(model.apply(variables, normalize(x, mean), train=False)))
@@ -147,6 +175,7 @@ def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tm
 def test_paper_lookup_takes_the_default_shortcut_of_the_registry():
   from src import models, paper
   from src.evaluate import paper_error
+
   assert models.get_model("resnet34").shortcut == paper.IMAGENET_DEFAULT_SHORTCUT  # what None builds
   config = ml_collections.ConfigDict({"model": {"name": "resnet34", "shortcut": None}})
   assert paper_error(config, "ten_crop") == paper.IMAGENET_10CROP["resnet34:B"]

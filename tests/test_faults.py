@@ -1,4 +1,5 @@
 """Reliability: preemption, SIGKILL at random moments, damaged checkpoints, divergence, a full disk, bad configs."""
+
 import json
 import os
 import random
@@ -23,8 +24,15 @@ def metric_steps(run_dir):
 
 
 def start(args, **kw):
-  return subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **kw)
+  return subprocess.Popen(
+      [sys.executable, "-m", "src.main", *args],
+      cwd=REPO,
+      env=ENV,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      **kw,
+  )
 
 
 def wait_for_step(proc, run_dir, step, timeout=240):
@@ -83,8 +91,10 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(fake_cifar10_dir,
   args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
   run_main(args + ["--config.num_steps=20"])
   newest = tmp_path / "checkpoints" / "20"
-  files = sorted((p for p in (newest / "state").rglob("*") if p.is_file() and p.stat().st_size > 1000),
-                 key=lambda p: -p.stat().st_size)
+  files = sorted(
+      (p for p in (newest / "state").rglob("*") if p.is_file() and p.stat().st_size > 1000),
+      key=lambda p: -p.stat().st_size,
+  )
   victim = files[0]  # the biggest file: array data
   if damage == "truncate":
     with open(victim, "r+b") as f:
@@ -100,8 +110,9 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(fake_cifar10_dir,
 
 
 def test_divergence_stops_with_the_step_and_saves_no_nan_checkpoint(fake_cifar10_dir, tmp_path):
-  proc = run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30) + ["--config.schedule.base_lr=1e12"],
-                  check=False)
+  proc = run_main(
+      tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30) + ["--config.schedule.base_lr=1e12"], check=False
+  )
   assert proc.returncode != 0
   assert "Training diverged: train loss is nan" in proc.stderr or "Training diverged: train loss is inf" in proc.stderr
   assert "up to step 5" in proc.stderr
@@ -118,8 +129,15 @@ def test_full_disk_during_a_save_is_a_clear_error_and_older_checkpoints_survive(
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
-  proc = subprocess.run([sys.executable, "-m", "src.main", *args], cwd=REPO, env=ENV, capture_output=True,
-                        text=True, timeout=300, preexec_fn=small_files)
+  proc = subprocess.run(
+      [sys.executable, "-m", "src.main", *args],
+      cwd=REPO,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      preexec_fn=small_files,
+  )
   assert proc.returncode != 0
   assert "Could not write the checkpoint of step 20" in proc.stderr, proc.stderr[-3000:]
   assert "are intact" in proc.stderr
@@ -184,9 +202,12 @@ IMAGENET_BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("changes,message", IMAGENET_BAD_CONFIGS, ids=[m.split(":")[0] for _, m in IMAGENET_BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "changes,message", IMAGENET_BAD_CONFIGS, ids=[m.split(":")[0] for _, m in IMAGENET_BAD_CONFIGS]
+)
 def test_bad_imagenet_config_table(changes, message):
   from configs.common import imagenet_recipe
+
   with pytest.raises(ConfigError) as e:
     validate(bad(base=imagenet_recipe(), **changes), device_count=8, process_count=1)
   assert message in str(e.value)
@@ -202,8 +223,10 @@ def test_bad_config_table(changes, message):
 def test_the_paper_configs_are_valid():
   from configs import cifar_depth_sweep, cifar_resnet
   from src.sweep import run_config
+
   validate(cifar_resnet.get_config("depth=110"), device_count=8, process_count=2)
   from configs import imagenet_plain_vs_resnet, imagenet_resnet
+
   for arg in ("depth=18", "depth=34,shortcut=A", "depth=50,schedule=epochs", "depth=152,v15", "depth=34,net=plain"):
     validate(imagenet_resnet.get_config(arg), device_count=8, process_count=1)
   for overrides in imagenet_plain_vs_resnet.get_config().sweep:
@@ -223,8 +246,13 @@ def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path
   config = cifar_recipe("cifar_resnet8")
   mesh, model = parallel.make_mesh(), models.model_from_config(config.model, num_classes=10)
   rng = np.random.default_rng(0)
-  batches = [{"image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
-              "label": rng.integers(0, 10, (32,)).astype(np.int32)} for _ in range(5)]
+  batches = [
+      {
+          "image": rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8),
+          "label": rng.integers(0, 10, (32,)).astype(np.int32),
+      }
+      for _ in range(5)
+  ]
   mean = jnp.full((32, 32, 3), 120.0)
   single, tx = train.create_state(config, model, (32, 32, 3), mesh)
   step = jax.jit(train.make_train_step(config, model, tx, mean))
@@ -246,6 +274,7 @@ def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path
 
 def test_resuming_a_workdir_checks_the_experiment_not_how_convs_are_differentiated(tmp_path):
   from src.train import check_same_run
+
   saved = cifar_recipe("cifar_resnet20")
   (tmp_path / "config.json").write_text(saved.to_json())
   same_maths = cifar_recipe("cifar_resnet20")

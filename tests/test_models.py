@@ -1,4 +1,5 @@
 """The paper's networks against its own numbers (Table 1, Table 6, Fig. 3) and its architecture rules."""
+
 import functools
 
 import jax
@@ -38,8 +39,14 @@ def test_cifar_params_match_table6(depth):
 
 
 # Table 1 / Fig. 3 multiply-adds at 224x224.
-PAPER_MACS = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9, "resnet152": 11.3e9,
-              "vgg19": 19.6e9}
+PAPER_MACS = {
+    "resnet18": 1.8e9,
+    "resnet34": 3.6e9,
+    "resnet50": 3.8e9,
+    "resnet101": 7.6e9,
+    "resnet152": 11.3e9,
+    "vgg19": 19.6e9,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_MACS))
@@ -50,8 +57,12 @@ def test_flops_match_paper(name):
 
 
 def test_plain34_flops_equal_resnet34():
-  macs = {k: forward_macs(get_model(f"{k}34", shortcut="A", scan=False, conv_general_dilated=padding_counted_conv),
-                          (224, 224, 3)) for k in ("plain", "resnet")}
+  macs = {
+      k: forward_macs(
+          get_model(f"{k}34", shortcut="A", scan=False, conv_general_dilated=padding_counted_conv), (224, 224, 3)
+      )
+      for k in ("plain", "resnet")
+  }
   assert abs(macs["plain"] / macs["resnet"] - 1) < 0.01, macs
   assert abs(macs["plain"] / 3.6e9 - 1) < 0.05
 
@@ -73,25 +84,40 @@ def test_shortcut_options_add_exactly_the_projections():
   a, b, c = (count_params(abstract_params("resnet34", shortcut=s)) for s in "ABC")
   widths, blocks = (64, 128, 256, 512), (3, 4, 6, 3)
   increases = sum(projection_params(widths[i - 1], widths[i]) for i in range(1, 4))
-  every = sum(projection_params(widths[i - 1] if (j == 0 and i > 0) else widths[i], widths[i])
-              for i in range(4) for j in range(blocks[i]))
+  every = sum(
+      projection_params(widths[i - 1] if (j == 0 and i > 0) else widths[i], widths[i])
+      for i in range(4)
+      for j in range(blocks[i])
+  )
   assert b - a == increases
   assert c - a == every
   # CIFAR-20: two width increases (16->32, 32->64); option A adds nothing over the plain net.
   assert count_params(abstract_params("cifar_resnet20", shortcut="B")) - count_params(
-      abstract_params("cifar_plain20")) == projection_params(16, 32) + projection_params(32, 64)
+      abstract_params("cifar_plain20")
+  ) == projection_params(16, 32) + projection_params(32, 64)
 
 
 def test_resnet50_option_b_projects_the_first_block_of_every_stage():
   # Bottleneck widths go 64 -> 256 in conv2_1 too, so B projects there as well (4 projections in all).
   a, b = (count_params(abstract_params("resnet50", shortcut=s)) for s in "AB")
-  assert b - a == (projection_params(64, 256) + projection_params(256, 512) + projection_params(512, 1024)
-                   + projection_params(1024, 2048))
+  assert b - a == (
+      projection_params(64, 256)
+      + projection_params(256, 512)
+      + projection_params(512, 1024)
+      + projection_params(1024, 2048)
+  )
 
 
-@pytest.mark.parametrize("name,shape,out", [("cifar_resnet20", (32, 32, 3), 10), ("cifar_plain20", (32, 32, 3), 10),
-                                            ("resnet18", (224, 224, 3), 1000), ("plain34", (224, 224, 3), 1000),
-                                            ("resnet50", (64, 64, 3), 1000)])
+@pytest.mark.parametrize(
+    "name,shape,out",
+    [
+        ("cifar_resnet20", (32, 32, 3), 10),
+        ("cifar_plain20", (32, 32, 3), 10),
+        ("resnet18", (224, 224, 3), 1000),
+        ("plain34", (224, 224, 3), 1000),
+        ("resnet50", (64, 64, 3), 1000),
+    ],
+)
 def test_output_shapes(name, shape, out):
   model = get_model(name)
   variables = init(model, shape)
@@ -122,8 +148,13 @@ def test_batchnorm_train_and_eval_modes():
   # ...and moves the running averages by (1 - momentum) towards them.
   old = variables["batch_stats"]["conv1"]["bn"]
   new = state["batch_stats"]["conv1"]["bn"]
-  conv_out = jax.lax.conv_general_dilated(x, variables["params"]["conv1"]["conv"]["kernel"], (1, 1), [(1, 1)] * 2,
-                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv_out = jax.lax.conv_general_dilated(
+      x,
+      variables["params"]["conv1"]["conv"]["kernel"],
+      (1, 1),
+      [(1, 1)] * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
   np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * conv_out.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
   # Eval mode uses the running averages, is deterministic per example, and changes nothing.
   full = model.apply(variables, x, train=False)
@@ -138,7 +169,7 @@ def test_bn_groups_are_per_device_statistics():
   variables = init(whole, (32, 32, 3))
   x = jax.random.normal(jax.random.key(2), (8, 32, 32, 3))
   out, state = grouped.apply(variables, x, train=True, mutable=["batch_stats"])
-  halves = [whole.apply(variables, x[i:i + 4], train=True, mutable=["batch_stats"]) for i in (0, 4)]
+  halves = [whole.apply(variables, x[i : i + 4], train=True, mutable=["batch_stats"]) for i in (0, 4)]
   np.testing.assert_allclose(out, jnp.concatenate([h[0] for h in halves]), rtol=1e-4, atol=1e-5)
   mean_of_halves = jax.tree.map(lambda a, b: (a + b) / 2, halves[0][1], halves[1][1])
   for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(mean_of_halves)):
@@ -151,6 +182,7 @@ def test_batchnorm_gradients_match_the_textbook_formula(group, dtype):
   # BatchNorm's hand-written gradient (every reduction a product with ones, for XLA:CPU's speed) against
   # autodiff of the plain formula, per group of `group` examples.
   from src.models.blocks import BatchNorm
+
   bn = BatchNorm(group_size=group, dtype=dtype)
   x = (jax.random.normal(jax.random.key(3), (8, 5, 5, 6)) * 3 + 2).astype(dtype)
   variables = bn.init(jax.random.key(0), x, train=False)
@@ -233,9 +265,16 @@ def test_gradients_reach_the_first_layer_of_110_layers(name):
   assert float(jnp.abs(first).mean()) > 1e-8
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("cifar_resnet21", "6n+2"), ("cifar_plain4", "6n+2"), ("resnet42", "valid depths: [18, 34, 50, 101, 152]"),
-    ("densenet121", "Valid names"), ("vgg11", "valid: [16, 19]")])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("cifar_resnet21", "6n+2"),
+        ("cifar_plain4", "6n+2"),
+        ("resnet42", "valid depths: [18, 34, 50, 101, 152]"),
+        ("densenet121", "Valid names"),
+        ("vgg11", "valid: [16, 19]"),
+    ],
+)
 def test_registry_rejects_bad_names_with_the_valid_choices(name, expected):
   with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace("]", r"\]").replace("+", r"\+")):
     get_model(name)

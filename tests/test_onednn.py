@@ -1,5 +1,6 @@
 """src/models/onednn.py: the oneDNN convolution is the ordinary convolution, gradients included, in a model, in a
 scan and across processes; and a missing oneDNN gives a clear error (conv_impl='onednn') or the fallback (auto)."""
+
 import json
 import os
 import re
@@ -17,7 +18,8 @@ from tests.conftest import REPO, tiny_cifar_args
 from tests.test_conv import DN, GEOMETRIES, grads
 
 pytestmark = pytest.mark.skipif(
-    bool(onednn.unavailable()), reason=f"oneDNN unavailable here ({onednn.unavailable()}); .ci/run installs it")
+    bool(onednn.unavailable()), reason=f"oneDNN unavailable here ({onednn.unavailable()}); .ci/run installs it"
+)
 
 
 def custom_calls(fn, *args):
@@ -30,9 +32,12 @@ def test_forward_and_gradients_match_lax(batch, kernel, strides, padding, size):
   x = jax.random.normal(jax.random.key(0), (batch, size, size, 8))
   w = jax.random.normal(jax.random.key(1), (kernel, kernel, 8, 16)) * 0.1
   conv = onednn.onednn_conv()
-  np.testing.assert_allclose(jax.jit(lambda x, w: conv(x, w, strides, padding, dimension_numbers=DN))(x, w),
-                             lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+      jax.jit(lambda x, w: conv(x, w, strides, padding, dimension_numbers=DN))(x, w),
+      lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN),
+      rtol=1e-5,
+      atol=1e-5,
+  )
   (dx, dw), (rx, rw) = grads(conv, x, w, strides, padding), grads(lax.conv_general_dilated, x, w, strides, padding)
   np.testing.assert_allclose(dx, rx, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(dw, rw, rtol=1e-5, atol=1e-4)
@@ -105,12 +110,22 @@ def test_two_processes_train_as_with_the_cpu_conv(fake_cifar10_dir, tmp_path):
   losses = {}
   for impl in ("cpu", "onednn"):
     workdir = tmp_path / impl
-    cmd = [sys.executable, "launch/local.py", "--num-processes=2", "--devices-per-process=1", "--timeout=300",
-           "--", *tiny_cifar_args(fake_cifar10_dir, workdir, steps=10), f"--config.model.conv_impl={impl}"]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    cmd = [
+        sys.executable,
+        "launch/local.py",
+        "--num-processes=2",
+        "--devices-per-process=1",
+        "--timeout=300",
+        "--",
+        *tiny_cifar_args(fake_cifar10_dir, workdir, steps=10),
+        f"--config.model.conv_impl={impl}",
+    ]
+    out = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env={**os.environ, "JAX_PLATFORMS": "cpu"}
+    )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
-    losses[impl] = [json.loads(l)["train/loss"] for l in (workdir / "metrics.jsonl").read_text().splitlines()
-                    if "train/loss" in l]
+    losses[impl] = [
+        json.loads(l)["train/loss"] for l in (workdir / "metrics.jsonl").read_text().splitlines() if "train/loss" in l
+    ]
   assert len(losses["cpu"]) >= 2
   np.testing.assert_allclose(losses["onednn"], losses["cpu"], rtol=1e-4)

@@ -1,4 +1,5 @@
 """Data parallelism over a device Mesh (8 virtual CPU devices) and a 2-process local "pod"."""
+
 import json
 import os
 import re
@@ -15,8 +16,14 @@ EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS
 
 
 def test_eight_devices_match_one_and_per_device_bn_matches_hand_reference():
-  proc = subprocess.run([sys.executable, "tests/mesh_equivalence.py"], cwd=REPO, capture_output=True, text=True,
-                        timeout=600, env={**os.environ, **EIGHT, "PYTHONPATH": REPO})
+  proc = subprocess.run(
+      [sys.executable, "tests/mesh_equivalence.py"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env={**os.environ, **EIGHT, "PYTHONPATH": REPO},
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   r = json.loads(proc.stdout.strip().splitlines()[-1])
   # Synchronised BN: 3 steps on 8 devices == on 1 device, to float tolerance.
@@ -38,8 +45,7 @@ def test_resume_onto_a_different_device_count(fake_cifar10_dir, tmp_path):
   assert "Resumed from" in out.stdout and "at step 10" in out.stdout
   final = load_state(tmp_path / "r", 20)
   assert int(final["step"]) == 20
-  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(
-      _leaves(final["params"]), _leaves(saved["params"])))
+  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(final["params"]), _leaves(saved["params"])))
   assert moved > 0  # it trained on from there
   # and the first resumed step started from the saved state: the same run on 1 device throughout is close
   run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "one", steps=20), env={"XLA_FLAGS": ""})
@@ -50,17 +56,26 @@ def test_resume_onto_a_different_device_count(fake_cifar10_dir, tmp_path):
 
 def _leaves(tree):
   import jax
+
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_two_process_pod_trains_checkpoints_is_killed_and_resumes(fake_cifar10_dir, tmp_path):
   workdir = tmp_path / "pod"
   main_args = tiny_cifar_args(fake_cifar10_dir, workdir, steps=30)
-  cmd = [sys.executable, "launch/local.py", "--num-processes=2", "--devices-per-process=2", "--timeout=300",
-         "--", *main_args]
+  cmd = [
+      sys.executable,
+      "launch/local.py",
+      "--num-processes=2",
+      "--devices-per-process=2",
+      "--timeout=300",
+      "--",
+      *main_args,
+  ]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  first = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                           start_new_session=True)
+  first = subprocess.Popen(
+      cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+  )
   metrics = workdir / "metrics.jsonl"
   deadline, lines = time.time() + 300, []
   while time.time() < deadline and first.poll() is None:

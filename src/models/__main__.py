@@ -2,6 +2,7 @@
 
 Flags: --shortcut A|B|C, --no-flops (parameters only: fast even for ResNet-1202), --size H (input side).
 """
+
 import argparse
 
 from src.models.summary import summarize
@@ -9,9 +10,21 @@ from src.models.summary import summarize
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("models", nargs="*", default=["cifar_resnet20", "cifar_resnet56", "cifar_resnet110",
-                                                    "resnet18", "resnet34", "resnet50", "resnet101",
-                                                    "resnet152", "vgg19"])
+  parser.add_argument(
+      "models",
+      nargs="*",
+      default=[
+          "cifar_resnet20",
+          "cifar_resnet56",
+          "cifar_resnet110",
+          "resnet18",
+          "resnet34",
+          "resnet50",
+          "resnet101",
+          "resnet152",
+          "vgg19",
+      ],
+  )
   parser.add_argument("--shortcut", default=None, choices=["A", "B", "C"])
   parser.add_argument("--no-flops", action="store_true")
   parser.add_argument("--size", type=int, default=None, help="input height = width (default: dataset's)")
@@ -26,6 +39,7 @@ def main(argv=None):
       raise SystemExit(f"error: {e}")
     macs = "" if args.no_flops else f"{r['macs'] / 1e9:>10.3g}G{r['macs_xla'] / 1e9:>10.3g}G"
     print(f"{name:<18}{r['layers']:>7}{r['params'] / 1e6:>10.3g}M{macs:<22}  {r['input']} -> {r['output']}")
+
 
 if __name__ == "__main__":
   main()

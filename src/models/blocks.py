@@ -4,6 +4,7 @@ block's last ReLU, shortcut options A/B/C, and a plain counterpart that is the s
 Every 3x3 (and bottleneck 1x1) response after BN and before the ReLU/addition is `sow`n into the
 'intermediates' collection under the name 'bn_response': that is what Fig. 7 plots.
 """
+
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -67,6 +68,7 @@ class BatchNorm(nn.Module):
   (or >= the batch) gives statistics over the whole (global) batch, i.e. synchronised BN.
   Running averages are the mean over groups. Statistics are computed in float32 whatever the dtype.
   """
+
   momentum: float = 0.9
   epsilon: float = 1e-5
   group_size: Optional[int] = None
@@ -103,6 +105,7 @@ def _pad(k):
 
 class ConvBN(nn.Module):
   """k x k conv (no bias: BN follows) -> BN; the response is sown for Fig. 7."""
+
   filters: int
   kernel: int
   conv: Callable
@@ -112,8 +115,9 @@ class ConvBN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    x = self.conv(self.filters, (self.kernel, self.kernel), (self.strides, self.strides),
-                  padding=_pad(self.kernel), name="conv")(x)
+    x = self.conv(
+        self.filters, (self.kernel, self.kernel), (self.strides, self.strides), padding=_pad(self.kernel), name="conv"
+    )(x)
     norm = self.norm if self.scale_init is None else functools.partial(self.norm, scale_init=self.scale_init)
     x = norm(name="bn")(x, train)
     self.sow("intermediates", "bn_response", x)
@@ -134,6 +138,7 @@ def shortcut(x, filters: int, strides: int, option: str, conv, norm, train):
 
 class BasicBlock(nn.Module):
   """Two 3x3 convs (Fig. 5 left). residual=False is the plain counterpart."""
+
   filters: int
   conv: Callable
   norm: Callable
@@ -156,6 +161,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
   """1x1 (w) -> 3x3 (w) -> 1x1 (4w) (Fig. 5 right). The paper (v1) strides the first 1x1;
   stride_on_3x3=True gives the later "v1.5" variant."""
+
   filters: int
   conv: Callable
   norm: Callable
@@ -180,6 +186,7 @@ class Bottleneck(nn.Module):
 
 class _ScanBody(nn.Module):
   """Adapts a block to nn.scan's (carry, x) -> (carry, y) signature."""
+
   block: Callable
   train: bool
 
@@ -208,6 +215,7 @@ class Stage(nn.Module):
   """`num_blocks` blocks of one width; the first may downsample. With scan, the identical blocks
   2..n run as one `nn.scan` (stacked params, names blocks/block/...), so compile time does not grow
   with depth; unrolled, they are block1..block{n-1}."""
+
   block: Callable  # functools.partial of BasicBlock/Bottleneck with everything but `strides`
   num_blocks: int
   strides: int
@@ -220,8 +228,12 @@ class Stage(nn.Module):
     if rest == 0:
       return x
     if use_scan(self.scan, self.num_blocks):
-      scanned = nn.scan(_ScanBody, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                        split_rngs={"params": True}, length=rest)
+      scanned = nn.scan(
+          _ScanBody,
+          variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+          split_rngs={"params": True},
+          length=rest,
+      )
       x, _ = scanned(self.block, train, name="blocks")(x, None)
       return x
     for i in range(1, self.num_blocks):
@@ -233,8 +245,7 @@ def make_conv_norm(*, dtype, bn_momentum, bn_epsilon, bn_group_size, conv_genera
   """The conv and BN constructors every model shares (He init, no conv bias, BN in float32)."""
   extra = {} if conv_general_dilated is None else {"conv_general_dilated": conv_general_dilated}
   conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype, **extra)
-  norm = functools.partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size,
-                           dtype=dtype)
+  norm = functools.partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size, dtype=dtype)
   return conv, norm
 
 

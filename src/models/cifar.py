@@ -3,6 +3,7 @@
 3x3 conv (16) on 32x32 -> three stages of 2n 3x3 convs with {16, 32, 64} filters on {32, 16, 8} maps
 (downsampling by stride-2 convs) -> global average pool -> 10-way FC. Option A shortcuts in the paper.
 """
+
 import functools
 from typing import Any, Callable
 
@@ -17,8 +18,9 @@ WIDTHS = (16, 32, 64)
 def cifar_depth_to_n(depth: int) -> int:
   if depth < 8 or (depth - 2) % 6:
     valid = ", ".join(str(6 * n + 2) for n in (1, 2, 3, 5, 7, 9, 18, 200))
-    raise ValueError(f"CIFAR nets have 6n+2 layers; got depth {depth}. Valid depths: {valid}, ... "
-                     "(any 6n+2 with n >= 1).")
+    raise ValueError(
+        f"CIFAR nets have 6n+2 layers; got depth {depth}. Valid depths: {valid}, ... " "(any 6n+2 with n >= 1)."
+    )
   return (depth - 2) // 6
 
 
@@ -38,9 +40,15 @@ class CifarResNet(nn.Module):
     n = cifar_depth_to_n(self.depth)
     x = nn.relu(ConvBN(WIDTHS[0], 3, self.conv, self.norm, name="conv1")(x.astype(self.dtype), train))
     for i, (width, blocks, strides) in enumerate(stage_specs(WIDTHS, [n] * 3)):
-      block = functools.partial(BasicBlock, filters=width, conv=self.conv, norm=self.norm,
-                                residual=self.residual, shortcut=self.shortcut,
-                                zero_init_residual=self.zero_init_residual)
+      block = functools.partial(
+          BasicBlock,
+          filters=width,
+          conv=self.conv,
+          norm=self.norm,
+          residual=self.residual,
+          shortcut=self.shortcut,
+          zero_init_residual=self.zero_init_residual,
+      )
       x = Stage(block, blocks, strides, self.scan, name=f"stage{i + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x.astype(jnp.float32))

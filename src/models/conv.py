@@ -15,6 +15,7 @@ Only for NHWC/HWIO convolutions without dilation or groups (every conv of the pa
 else is passed to `lax.conv_general_dilated` unchanged. On GPU/TPU keep the default conv: cuDNN and the
 TPU compiler have native gradient kernels.
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,18 +30,25 @@ _NHWC = ("NHWC", "HWIO", "NHWC")  # the canonical form (see the module docstring
 
 class _Spec(NamedTuple):
   """Static arguments (hashable: the custom_vjp's non-differentiable argument)."""
-  strides: tuple      # (sh, sw)
-  pads: tuple         # ((lo, hi), (lo, hi))
-  chunk: int          # examples per kernel-gradient chunk (0: the whole batch in one)
-  shards: int         # devices the batch is split over (each chunk takes rows from every shard)
+
+  strides: tuple  # (sh, sw)
+  pads: tuple  # ((lo, hi), (lo, hi))
+  chunk: int  # examples per kernel-gradient chunk (0: the whole batch in one)
+  shards: int  # devices the batch is split over (each chunk takes rows from every shard)
   precision: object
-  out_dtype: object   # preferred_element_type, or None
+  out_dtype: object  # preferred_element_type, or None
 
 
 def _conv(x, w, spec, strides=None, pads=None, out_dtype=None):
-  return lax.conv_general_dilated(x, w, spec.strides if strides is None else strides,
-                                  spec.pads if pads is None else pads, dimension_numbers=_NHWC,
-                                  precision=spec.precision, preferred_element_type=out_dtype)
+  return lax.conv_general_dilated(
+      x,
+      w,
+      spec.strides if strides is None else strides,
+      spec.pads if pads is None else pads,
+      dimension_numbers=_NHWC,
+      precision=spec.precision,
+      preferred_element_type=out_dtype,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -63,8 +71,9 @@ def _dilate(v, strides):
 def _input_grad(spec, g, w, in_hw):
   # dx = (g with the stride's zeros) convolved with the kernel flipped in space, input/output swapped.
   k, out_hw = w.shape[:2], g.shape[1:3]
-  pads = [(kk - 1 - lo, n - 1 + lo - (o - 1) * s)
-          for kk, (lo, _), n, o, s in zip(k, spec.pads, in_hw, out_hw, spec.strides)]
+  pads = [
+      (kk - 1 - lo, n - 1 + lo - (o - 1) * s) for kk, (lo, _), n, o, s in zip(k, spec.pads, in_hw, out_hw, spec.strides)
+  ]
   w_t = jnp.swapaxes(w[::-1, ::-1], 2, 3)
   return _conv(_dilate(g, spec.strides), w_t, spec, strides=(1, 1), pads=pads)
 
@@ -81,8 +90,7 @@ def _kernel_grad(spec, x, g, w):
   # dw[i, j, c, d] = sum over examples and output pixels of x_padded[n, s*o + i, c] * g[n, o, d]: a
   # canonical conv with the channels of x as its batch, the examples as features and g as the kernel.
   k, in_hw, out_hw = w.shape[:2], x.shape[1:3], g.shape[1:3]
-  pads = [(lo, kk - n - lo + (o - 1) * s)
-          for kk, (lo, _), n, o, s in zip(k, spec.pads, in_hw, out_hw, spec.strides)]
+  pads = [(lo, kk - n - lo + (o - 1) * s) for kk, (lo, _), n, o, s in zip(k, spec.pads, in_hw, out_hw, spec.strides)]
   low = jnp.dtype(w.dtype).itemsize < 4 and jnp.issubdtype(w.dtype, jnp.floating)
   acc = jnp.float32 if low else w.dtype  # low-precision inputs: accumulate in float32, round once
   n, chunk, shards = x.shape[0], spec.chunk, spec.shards
@@ -91,9 +99,10 @@ def _kernel_grad(spec, x, g, w):
   parts = n // (chunk * shards)
 
   def part(p):
-    xs = _chunk(x, p, chunk, shards).astype(acc).transpose(3, 1, 2, 0)                 # C, H, W, n
+    xs = _chunk(x, p, chunk, shards).astype(acc).transpose(3, 1, 2, 0)  # C, H, W, n
     gs = _dilate(_chunk(g, p, chunk, shards), spec.strides).astype(acc).transpose(1, 2, 0, 3)  # Ho, Wo, n, D
-    return _conv(xs, gs, spec, strides=(1, 1), pads=pads, out_dtype=acc)              # C, kh, kw, D
+    return _conv(xs, gs, spec, strides=(1, 1), pads=pads, out_dtype=acc)  # C, kh, kw, D
+
   # A loop, not Python unrolling: the same speed, half the compile time, and deep nets run faster.
   total = part(0) if parts == 1 else lax.fori_loop(1, parts, lambda p, t: t + part(p), part(0))
   return total.transpose(1, 2, 0, 3).astype(w.dtype)
@@ -111,19 +120,41 @@ def drop_in(fast: Callable) -> Callable:
   """A `lax.conv_general_dilated` that sends plain NHWC/HWIO convolutions (no dilation, no groups) to
   `fast(lhs, rhs, strides, pads, precision, out_dtype)` and anything else to lax unchanged."""
 
-  def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                           dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                           precision=None, preferred_element_type=None, out_sharding=None):
+  def conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation=None,
+      rhs_dilation=None,
+      dimension_numbers=None,
+      feature_group_count=1,
+      batch_group_count=1,
+      precision=None,
+      preferred_element_type=None,
+      out_sharding=None,
+  ):
     lhs, rhs = jnp.asarray(lhs), jnp.asarray(rhs)
     dilated = any(d != 1 for d in tuple(lhs_dilation or ()) + tuple(rhs_dilation or ()))
-    nhwc = lhs.ndim == 4 and (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                              == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+    nhwc = lhs.ndim == 4 and (
+        lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    )
     if dilated or not nhwc or feature_group_count != 1 or batch_group_count != 1 or out_sharding is not None:
       return lax.conv_general_dilated(
-          lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
-          dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
-          batch_group_count=batch_group_count, precision=precision,
-          preferred_element_type=preferred_element_type, out_sharding=out_sharding)
+          lhs,
+          rhs,
+          window_strides,
+          padding,
+          lhs_dilation=lhs_dilation,
+          rhs_dilation=rhs_dilation,
+          dimension_numbers=dimension_numbers,
+          feature_group_count=feature_group_count,
+          batch_group_count=batch_group_count,
+          precision=precision,
+          preferred_element_type=preferred_element_type,
+          out_sharding=out_sharding,
+      )
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
       padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
@@ -141,7 +172,8 @@ def canonical_conv(chunk: int = 0, shards: int = 1) -> Callable:
   if chunk < 0:
     raise ValueError(f"chunk must be >= 0, got {chunk}")
   return lambda lhs, rhs, strides, pads, precision, out_dtype: _cpu_conv(
-      _Spec(strides, pads, int(chunk), int(shards), precision, out_dtype), lhs, rhs)
+      _Spec(strides, pads, int(chunk), int(shards), precision, out_dtype), lhs, rhs
+  )
 
 
 def cpu_conv(chunk: int = 0, shards: int = 1) -> Callable:

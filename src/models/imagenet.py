@@ -4,6 +4,7 @@ conv1 7x7/64 stride 2 -> 3x3 max pool stride 2 -> conv2_x..conv5_x (64, 128, 256
 18/34, bottlenecks 1x1 -> 3x3 -> 1x1 (4x) for 50/101/152; stride 2 at conv3_1, conv4_1, conv5_1) ->
 global average pool -> 1000-way FC.
 """
+
 import functools
 from typing import Any, Callable
 
@@ -25,8 +26,9 @@ LAYERS = {
 
 def imagenet_layers(depth: int):
   if depth not in LAYERS:
-    raise ValueError(f"ImageNet nets of depth {depth} are not in the paper's Table 1; "
-                     f"valid depths: {sorted(LAYERS)}.")
+    raise ValueError(
+        f"ImageNet nets of depth {depth} are not in the paper's Table 1; " f"valid depths: {sorted(LAYERS)}."
+    )
   return LAYERS[depth]
 
 
@@ -47,8 +49,13 @@ class ImageNetResNet(nn.Module):
     kind, blocks = imagenet_layers(self.depth)
     x = ConvBN(64, 7, self.conv, self.norm, strides=2, name="conv1")(x.astype(self.dtype), train)
     x = nn.max_pool(nn.relu(x), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    common = dict(conv=self.conv, norm=self.norm, residual=self.residual, shortcut=self.shortcut,
-                  zero_init_residual=self.zero_init_residual)
+    common = dict(
+        conv=self.conv,
+        norm=self.norm,
+        residual=self.residual,
+        shortcut=self.shortcut,
+        zero_init_residual=self.zero_init_residual,
+    )
     if kind == "bottleneck":
       block_cls = functools.partial(Bottleneck, stride_on_3x3=self.stride_on_3x3)
     else:

@@ -11,6 +11,7 @@ Everything else falls back: other dtypes (bf16) and layouts take conv.py's canon
 conv_impl='auto' picks 'cpu' when oneDNN is missing or the process has several (virtual) CPU devices. Jobs of
 several processes split the batch across them with jax.shard_map.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,15 +33,29 @@ from src.models.conv import canonical_conv, drop_in
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 BUILD_DIR = Path(__file__).resolve().parents[2] / "build"
 TARGETS = {"fwd": "OnednnConvFwd", "input_grad": "OnednnConvBwdData", "kernel_grad": "OnednnConvBwdWeights"}
-INSTALL_HINT = ("install oneDNN and a C++ compiler (Debian/Ubuntu: `apt-get install libdnnl-dev g++`), or set "
-                "DNNL_ROOT to a oneDNN install; or use model.conv_impl='cpu'")
+INSTALL_HINT = (
+    "install oneDNN and a C++ compiler (Debian/Ubuntu: `apt-get install libdnnl-dev g++`), or set "
+    "DNNL_ROOT to a oneDNN install; or use model.conv_impl='cpu'"
+)
 
 
 def _compile_command(out: Path) -> list:
   root = os.environ.get("DNNL_ROOT")
   extra = [f"-I{root}/include", f"-L{root}/lib", f"-Wl,-rpath,{root}/lib"] if root else []
-  return [os.environ.get("CXX", "c++"), "-O2", "-w", "-std=c++17", "-shared", "-fPIC",
-          f"-I{jax.ffi.include_dir()}", *extra, str(SOURCE), "-o", str(out), "-ldnnl"]
+  return [
+      os.environ.get("CXX", "c++"),
+      "-O2",
+      "-w",
+      "-std=c++17",
+      "-shared",
+      "-fPIC",
+      f"-I{jax.ffi.include_dir()}",
+      *extra,
+      str(SOURCE),
+      "-o",
+      str(out),
+      "-ldnnl",
+  ]
 
 
 @functools.cache
@@ -80,8 +95,10 @@ def unavailable() -> str:
     return f"it runs on the CPU only, and this backend is {jax.default_backend()!r}. Fix: use 'auto' or 'xla'"
   if jax.local_device_count() > 1:
     # Each virtual CPU device would run its own oneDNN thread team on the same cores: they starve each other.
-    return (f"it needs one CPU device per process, and this one has {jax.local_device_count()} (XLA_FLAGS="
-            "--xla_force_host_platform_device_count). Fix: use 'cpu' or 'auto'")
+    return (
+        f"it needs one CPU device per process, and this one has {jax.local_device_count()} (XLA_FLAGS="
+        "--xla_force_host_platform_device_count). Fix: use 'cpu' or 'auto'"
+    )
   why = load()
   return f"{why}. Fix: {INSTALL_HINT}" if why else ""
 
@@ -95,7 +112,7 @@ def require():
 
 class _Spec(NamedTuple):
   strides: tuple  # (sh, sw)
-  pads: tuple     # ((top, bottom), (left, right))
+  pads: tuple  # ((top, bottom), (left, right))
 
 
 def _ffi(target, shape, spec, *args):
@@ -141,8 +158,7 @@ def _bwd(spec, res, g):
   input_grad = lambda g, w: _ffi("input_grad", g.shape[:1] + x.shape[1:], spec, g, w)
   kernel_grad = lambda x, g: _ffi("kernel_grad", w.shape, spec, x, g)
   n = x.shape[0]
-  return (_per_device(input_grad, n, (_B, _R), _B)(g, w),
-          _per_device(kernel_grad, n, (_B, _B), _R, psum=True)(x, g))
+  return (_per_device(input_grad, n, (_B, _R), _B)(g, w), _per_device(kernel_grad, n, (_B, _B), _R, psum=True)(x, g))
 
 
 _conv.defvjp(_fwd, _bwd)

@@ -10,6 +10,7 @@ multiply-adds. Two conventions:
 Both include the few elementwise ops (BN, ReLU, additions), which XLA counts as one FLOP each.
 Nets are built unscanned here because XLA counts a loop body once, not once per iteration.
 """
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -53,8 +54,13 @@ def summarize(name: str, *, shape=None, flops: bool = True, **fields) -> dict:
   x = jnp.zeros((1,) + shape, jnp.float32)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
-  row = {"model": name, "layers": weight_layers(name), "params": count_params(variables["params"]),
-         "input": "x".join(map(str, shape)), "output": tuple(out.shape[1:])}
+  row = {
+      "model": name,
+      "layers": weight_layers(name),
+      "params": count_params(variables["params"]),
+      "input": "x".join(map(str, shape)),
+      "output": tuple(out.shape[1:]),
+  }
   if flops:
     flat = dict(fields, scan=False)
     if parse_name(name)[0] == "vgg":

@@ -1,4 +1,5 @@
 """VGG-16/19 (Simonyan & Zisserman), the paper's FLOP reference in Fig. 3 (19.6e9 / 15.3e9 multiply-adds)."""
+
 from typing import Any, Callable, Optional
 
 import flax.linen as nn
@@ -27,8 +28,7 @@ class VGG(nn.Module):
     extra = {} if self.conv_general_dilated is None else {"conv_general_dilated": self.conv_general_dilated}
     for width, n in zip(WIDTHS, CONFIGS[self.depth]):
       for _ in range(n):
-        x = nn.relu(nn.Conv(width, (3, 3), padding=[(1, 1)] * 2, kernel_init=he_normal, dtype=self.dtype,
-                            **extra)(x))
+        x = nn.relu(nn.Conv(width, (3, 3), padding=[(1, 1)] * 2, kernel_init=he_normal, dtype=self.dtype, **extra)(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     for width in (4096, 4096):
