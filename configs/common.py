@@ -44,7 +44,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.model.zero_init_residual = False
   c.model.scan = "auto"  # nn.scan over stages of >20 blocks (1202): fast compiles
   c.model.dtype = "float32"
-  c.model.conv_impl = "auto"  # 'onednn' (CPU), 'cpu' (fast on XLA:CPU, in loops too), 'xla'; auto: best here
+  c.model.conv_impl = "auto"  # src/cpu: 'onednn', 'cpu' (CPU kernels, same maths); 'xla': plain; auto: best here
   c.model.conv_chunk = 16  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples
 
   c.batch_size = 128
@@ -76,7 +76,6 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.eval.ensemble = ()  # more workdirs whose newest checkpoints join an ensemble (Table 5)
 
   c.steps_per_call = 1  # >1: that many steps per jitted call (lax.scan); less overhead on GPU
-  c.xla_cpu_ynn_fusions = False  # XLA:CPU's YNNPACK convs; off = Eigen, 2x faster on 16x16/8x8 maps
   c.log_every = 100
   c.eval_every = 2000
   c.checkpoint_every = 2000

@@ -10,8 +10,8 @@ float32 case (columns torch_step_ms and speed_vs_torch; optional, PyTorch is not
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
 """
 
-if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/hugepages.py)
-  from src.hugepages import restart_with_huge_pages
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/cpu/hugepages.py)
+  from src.cpu.hugepages import restart_with_huge_pages
 
   restart_with_huge_pages()
 
@@ -60,21 +60,13 @@ def peak_memory_bytes():
 def build(config, shape, abstract=False):
   """The mesh, the train state and the jitted step. abstract: the state's shapes only (nothing initialised)."""
   mesh = parallel.make_mesh()
-  model = models.model_from_config(config.model, num_classes=10)
+  model = train.build_model(config, num_classes=10)
   if abstract:
     state = jax.eval_shape(lambda: train.create_state(config, model, shape, mesh)[0])
     tx = optim.make_optimizer(config, state.params)
   else:
     state, tx = train.create_state(config, model, shape, mesh)
-  step_fn = train.make_train_step(config, model, tx, jnp.full(shape, 120.0))
-  if config.steps_per_call > 1:
-    step_fn = train.make_multi_step(step_fn)
-  rep = parallel.replicated(mesh)
-  return (
-      mesh,
-      state,
-      jax.jit(step_fn, donate_argnums=0, out_shardings=(rep, rep), compiler_options=train.compiler_options(config)),
-  )
+  return mesh, state, train.jit_train_step(config, model, tx, jnp.full(shape, 120.0), mesh)
 
 
 def time_steps(runs: dict, n, windows=3) -> dict:

@@ -6,7 +6,7 @@ import os
 import jax
 
 from src import models
-from src.models import onednn
+from src import cpu
 from src.data import DATASETS
 
 PROTOCOLS = ("center", "ten_crop", "multiscale")
@@ -127,11 +127,13 @@ def validate(config, *, device_count=None, process_count=None):
       f"must be 'auto', 'true' or 'false', got {m.scan!r}.",
   )
   _check(
-      m.conv_impl in models.CONV_IMPLS,
+      m.conv_impl in cpu.CONV_IMPLS,
       "model.conv_impl",
-      f"must be one of {list(models.CONV_IMPLS)}, " f"got {m.conv_impl!r}.",
+      f"must be one of {list(cpu.CONV_IMPLS)}, " f"got {m.conv_impl!r}.",
   )
   if m.conv_impl == "onednn":  # builds the kernels on first use (seconds), so a missing library fails here
+    from src.cpu import onednn
+
     why = onednn.unavailable()
     _check(not why, "model.conv_impl", f"'onednn' cannot run here: {why}.")
   _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = the whole batch at once), got {m.conv_chunk!r}.")

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from src import checkpoint, data, models, paper, parallel, train
+from src.cpu import xla_flags
 from src.config_check import ConfigError, validate
 from src.train import normalize
 
@@ -36,7 +37,7 @@ def load_member(run_dir: str, num_classes: int):
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   state = checkpoint.load_saved_state(run_dir)
-  model = models.model_from_config(config.model, num_classes=num_classes)
+  model = train.build_model(config, num_classes=num_classes)
   config.step = int(state["step"])
   return model, {"params": state["params"], "batch_stats": state["batch_stats"]}, config
 
@@ -48,9 +49,9 @@ def _local_rows(x, mesh):
   return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
 
 
-def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh, compiler_options=None):
-  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n]).
-  compiler_options: XLA options of the jitted forward pass (train.compiler_options)."""
+def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh):
+  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n])."""
+  compiler_options = xla_flags.compiler_options()
   probs, labels = [], []
   if protocol == "multiscale":
     # Whole images of varying shape, one at a time on this process's first device; the mean is the
@@ -135,7 +136,6 @@ def run_eval(config, workdir: str, log=print) -> dict:
             protocol,
             config.eval_batch_size // nproc,
             mesh,
-            train.compiler_options(config),
         )
         for model, variables, _ in loaded
     ]

@@ -6,7 +6,7 @@ Flags only; the work is in src/train.py (one run) and src/sweep.py (a config wit
 import os
 
 if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then
-  from src.hugepages import restart_with_huge_pages
+  from src.cpu.hugepages import restart_with_huge_pages
 
   restart_with_huge_pages()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by tfds) is chatty on import

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from src import checkpoint, data, metrics, models, optim, parallel
+from src import checkpoint, cpu, data, metrics, models, optim, parallel
+from src.cpu import xla_flags
 from src.config_check import ConfigError, validate
 
 
@@ -55,12 +56,10 @@ def create_state(config, model, image_shape, mesh):
   return state, optim.make_optimizer(config, state.params)
 
 
-def compiler_options(config):
-  """XLA options of the jitted steps. On the CPU, XLA's YNNPACK library fusions stay off unless the config
-  asks for them: Eigen runs the CIFAR nets' 3x3 convs on 16x16 and 8x8 maps 2x faster (README, Speed)."""
-  if jax.default_backend() != "cpu" or config.get("xla_cpu_ynn_fusions", False):
-    return None
-  return {"xla_cpu_experimental_ynn_fusion_type": ""}
+def build_model(config, num_classes=None):
+  """The config's net, with the kernels its `model.conv_impl` picks for this backend injected (src.cpu)."""
+  kernels = cpu.model_kernels(config.model.get("conv_impl", "auto"), config.model.get("conv_chunk", 16))
+  return models.model_from_config(config.model, num_classes=num_classes, **kernels)
 
 
 def make_train_step(config, model, tx, mean):
@@ -93,6 +92,16 @@ def make_train_step(config, model, tx, mean):
     return new_state, {"train/loss": loss, "train/error": error, "lr": lr}
 
   return train_step
+
+
+def jit_train_step(config, model, tx, mean, mesh):
+  """The jitted train step exactly as the train loop runs it: (state, batch) -> (state, metrics), the state donated
+  and replicated over `mesh`, `steps_per_call` steps per call (then batches carry a leading steps axis)."""
+  step = make_train_step(config, model, tx, mean)
+  if config.steps_per_call > 1:
+    step = make_multi_step(step)
+  rep = parallel.replicated(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(rep, rep), compiler_options=xla_flags.compiler_options())
 
 
 def make_multi_step(train_step):
@@ -218,7 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f"{jax.local_device_count()} of {jax.device_count()} devices",
         flush=True,
     )
-  model = models.model_from_config(config.model, num_classes=ds.num_classes)
+  model = build_model(config, num_classes=ds.num_classes)
   state, tx = create_state(config, model, ds.image_shape, mesh)
   ckpts = checkpoint.Checkpoints(
       os.path.join(workdir, "checkpoints"),
@@ -240,13 +249,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mean = jnp.asarray(ds.mean)
   replicated = parallel.replicated(mesh)
   k = config.steps_per_call
-  train_step = jax.jit(
-      make_train_step(config, model, tx, mean) if k == 1 else make_multi_step(make_train_step(config, model, tx, mean)),
-      donate_argnums=0,
-      out_shardings=(replicated, replicated),
-      compiler_options=compiler_options(config),
+  train_step = jit_train_step(config, model, tx, mean, mesh)
+  eval_step = jax.jit(
+      make_eval_step(model, mean), out_shardings=replicated, compiler_options=xla_flags.compiler_options()
   )
-  eval_step = jax.jit(make_eval_step(model, mean), out_shardings=replicated, compiler_options=compiler_options(config))
   eval_batch = config.eval_batch_size // nproc
 
   progress = metrics.Progress(config.num_steps, start, enabled=main_process, name=config.get("name", ""))

@@ -28,10 +28,9 @@ def batches(n, batch=32, seed=0):
 
 def run(config, devices, data, mean):
   mesh = parallel.make_mesh(devices)
-  model = models.model_from_config(config.model, num_classes=10)
+  model = train.build_model(config, num_classes=10)
   state, tx = train.create_state(config, model, (32, 32, 3), mesh)
-  rep = parallel.replicated(mesh)
-  step = jax.jit(train.make_train_step(config, model, tx, mean), out_shardings=(rep, rep))
+  step = train.jit_train_step(config, model, tx, mean, mesh)
   losses = []
   for b in data:
     state, m = step(state, parallel.global_batch(b, mesh))

@@ -12,13 +12,10 @@ vgg16, vgg19                            FLOP reference (Fig. 3)
 import re
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
 from src.models.cifar import CifarResNet, cifar_depth_to_n
-from src.models import onednn
-from src.models.conv import cpu_conv
 from src.models.imagenet import LAYERS, ImageNetResNet, imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS, VGG
 
@@ -28,7 +25,6 @@ FAMILIES = {
     "imagenet": (r"(resnet|plain)(\d+)", (224, 224, 3), 1000, "B"),
     "vgg": (r"(vgg)(\d+)", (224, 224, 3), 1000, None),
 }
-CONV_IMPLS = ("auto", "xla", "cpu", "onednn")
 VALID_NAMES = (
     "cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
     f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
@@ -69,19 +65,18 @@ def get_model(
     zero_init_residual: bool = False,
     scan="auto",
     dtype: str = "float32",
-    conv_impl: str = "auto",
-    conv_chunk: int = 16,
     conv_general_dilated=None,
+    bn_normalize=None,
 ):
   """Builds a Flax module from a registry name and the paper's knobs (see the module docstring).
 
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
-  statistic in training (the paper's per-GPU BN); None = the whole batch. conv_impl: 'xla' (XLA's own conv
-  gradients), 'cpu' (gradients XLA:CPU runs fast, kernel gradient in batch chunks of conv_chunk examples, same
-  result; see src/models/conv.py), 'onednn' (float32 convs and their gradients in oneDNN, src/models/onednn.py)
-  or 'auto' (on the CPU 'onednn' where oneDNN builds and the process has one device, else 'cpu'; elsewhere 'xla').
+  statistic in training (the paper's per-GPU BN); None = the whole batch.
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
-  conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
+  The injection points (blocks.make_conv_norm): conv_general_dilated replaces lax.conv_general_dilated in every
+  conv, bn_normalize BN's training-mode function; None keeps the plain ones. src.cpu.model_kernels() gives the
+  CPU's faster equivalents, and the FLOP counter injects a conv that counts padding.
+  Raises ValueError naming the valid choices for an unknown name, shortcut or dtype.
   """
   family, kind, depth = parse_name(name)
   _, _, default_classes, default_shortcut = FAMILIES[family]
@@ -96,23 +91,13 @@ def get_model(
         f"Unknown shortcut option {shortcut!r}; valid: {list(SHORTCUTS)} "
         "(A: zero-padded identity, B: projection where dimensions increase, C: all projections)."
     )
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}.")
-  conv_fn = conv_general_dilated
-  if conv_fn is None and conv_impl == "auto" and jax.default_backend() == "cpu":
-    conv_impl = "cpu" if onednn.unavailable() else "onednn"
-  if conv_fn is None and conv_impl == "onednn":
-    onednn.require()
-    conv_fn = onednn.onednn_conv(conv_chunk, shards=jax.device_count())  # cpu_conv for what oneDNN skips
-  elif conv_fn is None and conv_impl == "cpu":
-    # Each chunk takes rows from every device's shard of the batch, so no device idles under SPMD.
-    conv_fn = cpu_conv(conv_chunk, shards=jax.device_count())
   conv, norm = make_conv_norm(
       dtype=DTYPES[dtype],
       bn_momentum=bn_momentum,
       bn_epsilon=bn_epsilon,
       bn_group_size=bn_group_size,
-      conv_general_dilated=conv_fn,
+      conv_general_dilated=conv_general_dilated,
+      bn_normalize=bn_normalize,
   )
   common = dict(
       conv=conv,
@@ -129,9 +114,13 @@ def get_model(
   return ImageNetResNet(depth, stride_on_3x3=stride_on_3x3, **common)
 
 
-def model_from_config(model_config, num_classes: Optional[int] = None):
-  """get_model from a config's `model` block (see configs/)."""
-  fields = dict(model_config)
+# Fields of a config's `model` block that say how to compute the net, not which net: src.cpu reads them.
+EXECUTION_FIELDS = ("conv_impl", "conv_chunk")
+
+
+def model_from_config(model_config, num_classes: Optional[int] = None, **kernels):
+  """get_model from a config's `model` block (see configs/); `kernels` are the injections (src.cpu.model_kernels)."""
+  fields = {k: v for k, v in dict(model_config).items() if k not in EXECUTION_FIELDS}
   name = fields.pop("name")
   configured = fields.pop("num_classes", None)
-  return get_model(name, num_classes=num_classes or configured, **fields)
+  return get_model(name, num_classes=num_classes or configured, **fields, **kernels)

@@ -18,45 +18,14 @@ SHORTCUTS = ("A", "B", "C")
 he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def _sum_rows(v, ones):
-  """Per-group sums over the rows of v (groups, rows, C). On the CPU a batched product with a vector of ones:
-  XLA:CPU runs that at memory speed, 2.4x faster than the reduction it emits otherwise (README, Speed).
-  GPU/TPU compilers fuse reductions with what produces their input: there, a plain sum."""
-  if jax.default_backend() != "cpu":
-    return v.sum(1)
-  return jnp.einsum("gmc,gm->gc", v, ones, precision=jax.lax.Precision.HIGHEST)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _train_norm(rows, scale, bias, epsilon):
-  """Training-mode BN of rows (groups, rows, C), float32: (y, mean, var), statistics per group, the variance
-  two-pass (stable for large activations). Every reduction, gradients included, is a _sum_rows."""
-  return _train_norm_fwd(rows, scale, bias, epsilon)[0]
-
-
-def _train_norm_fwd(rows, scale, bias, epsilon):
-  ones = jnp.ones(rows.shape[:2], rows.dtype)
-  mean = _sum_rows(rows, ones) / rows.shape[1]
+def batch_statistics_norm(rows, scale, bias, epsilon):
+  """Training-mode BN (Ioffe & Szegedy 2015, Alg. 1) of `rows`, float32 (groups, rows, C): each group normalised
+  by its own mean and (biased) variance, then scaled and shifted. Returns (y, mean, var), the statistics (groups, C).
+  The variance is two-pass (centred first): stable for activations far from zero."""
+  mean = rows.mean(axis=1)
   centred = rows - mean[:, None]
-  var = _sum_rows(jnp.square(centred), ones) / rows.shape[1]
-  inv = jax.lax.rsqrt(var + epsilon)
-  y = centred * (inv * scale)[:, None] + bias
-  return (y, mean, var), (rows, mean, inv, scale)
-
-
-def _train_norm_bwd(epsilon, res, cotangents):
-  # mean and var feed only the running averages (stop_gradient'ed by the caller): their cotangents are zero.
-  rows, mean, inv, scale = res
-  dy = cotangents[0]
-  ones = jnp.ones(rows.shape[:2], rows.dtype)
-  xhat = (rows - mean[:, None]) * inv[:, None]
-  sum_dy, sum_dy_xhat = _sum_rows(dy, ones), _sum_rows(dy * xhat, ones)
-  n = rows.shape[1]
-  drows = (scale * inv)[:, None] * (dy - sum_dy[:, None] / n - xhat * (sum_dy_xhat / n)[:, None])
-  return drows, sum_dy_xhat.sum(0), sum_dy.sum(0)
-
-
-_train_norm.defvjp(_train_norm_fwd, _train_norm_bwd)
+  var = jnp.square(centred).mean(axis=1)
+  return centred * (jax.lax.rsqrt(var + epsilon) * scale)[:, None] + bias, mean, var
 
 
 class BatchNorm(nn.Module):
@@ -67,6 +36,9 @@ class BatchNorm(nn.Module):
   devices in order, each group lies on one device and XLA needs no communication for it. group_size=None
   (or >= the batch) gives statistics over the whole (global) batch, i.e. synchronised BN.
   Running averages are the mean over groups. Statistics are computed in float32 whatever the dtype.
+
+  `normalize` computes training-mode BN, (rows, scale, bias, epsilon) -> (y, mean, var) as batch_statistics_norm:
+  the same function with a faster gradient may be injected (src/cpu/batchnorm.py does on the CPU).
   """
 
   momentum: float = 0.9
@@ -74,6 +46,7 @@ class BatchNorm(nn.Module):
   group_size: Optional[int] = None
   scale_init: Callable = nn.initializers.ones
   dtype: Any = jnp.float32
+  normalize: Callable = batch_statistics_norm
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -88,7 +61,7 @@ class BatchNorm(nn.Module):
       g = b if not self.group_size or self.group_size >= b else self.group_size
       if b % g:
         raise ValueError(f"BatchNorm: batch {b} is not divisible by bn_group_size {g}")
-      y, mean, var = _train_norm(xf.reshape(b // g, -1, c), scale, bias, self.epsilon)
+      y, mean, var = self.normalize(xf.reshape(b // g, -1, c), scale, bias, self.epsilon)
       if not self.is_initializing():
         m, mean, var = self.momentum, jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
         ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(0)
@@ -241,11 +214,17 @@ class Stage(nn.Module):
     return x
 
 
-def make_conv_norm(*, dtype, bn_momentum, bn_epsilon, bn_group_size, conv_general_dilated=None):
-  """The conv and BN constructors every model shares (He init, no conv bias, BN in float32)."""
-  extra = {} if conv_general_dilated is None else {"conv_general_dilated": conv_general_dilated}
-  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype, **extra)
-  norm = functools.partial(BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size, dtype=dtype)
+def make_conv_norm(*, dtype, bn_momentum, bn_epsilon, bn_group_size, conv_general_dilated=None, bn_normalize=None):
+  """The conv and BN constructors every model shares (He init, no conv bias, BN in float32): the models' two
+  injection points. `conv_general_dilated` replaces lax.conv_general_dilated in every conv and `bn_normalize` the
+  training-mode BN function (None: the plain ones). Both must compute the same function: src/cpu supplies faster
+  ones for the CPU, and tests/test_parity.py holds every combination to an independent float64 reference."""
+  conv_extra = {} if conv_general_dilated is None else {"conv_general_dilated": conv_general_dilated}
+  norm_extra = {} if bn_normalize is None else {"normalize": bn_normalize}
+  conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal, dtype=dtype, **conv_extra)
+  norm = functools.partial(
+      BatchNorm, momentum=bn_momentum, epsilon=bn_epsilon, group_size=bn_group_size, dtype=dtype, **norm_extra
+  )
   return conv, norm
 
 

@@ -9,7 +9,10 @@ custom_vjp. The library is compiled on first use into build/ (about 5 s) from th
 
 Everything else falls back: other dtypes (bf16) and layouts take conv.py's canonical conv, and
 conv_impl='auto' picks 'cpu' when oneDNN is missing or the process has several (virtual) CPU devices. Jobs of
-several processes split the batch across them with jax.shard_map.
+several processes split the batch across them with jax.shard_map. A strided 1x1 convolution (the projection
+shortcut, the v1 bottleneck's first conv) is computed as the unit-stride 1x1 convolution of the subsampled input,
+the same function: oneDNN 2.6's own strided 1x1 kernel gradient corrupts the heap on AVX-512 and is wrong on AVX2
+(README, Speed; tests/test_onednn.py's stress test).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from src import parallel
-from src.models.conv import canonical_conv, drop_in
+from src.cpu.conv import canonical_conv, drop_in
 
 SOURCE = Path(__file__).with_name("onednn_conv.cc")
 BUILD_DIR = Path(__file__).resolve().parents[2] / "build"
@@ -164,6 +167,13 @@ def _bwd(spec, res, g):
 _conv.defvjp(_fwd, _bwd)
 
 
+def _subsample(x, strides, pads):
+  """The pixels a strided 1x1 convolution reads: `x` (N, H, W, C) padded, then every stride-th row and column."""
+  (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (pt, pb, 0), (pl, pr, 0), (0, 0, 0)])
+  return x[:, ::sh, ::sw, :]
+
+
 def onednn_conv(chunk: int = 16, shards: int = 1) -> Callable:
   """`lax.conv_general_dilated` running float32 NHWC/HWIO convs and their gradients in oneDNN; any other conv
   takes cpu_conv(chunk, shards). Call `require()` first for a clear error when oneDNN is missing."""
@@ -172,6 +182,8 @@ def onednn_conv(chunk: int = 16, shards: int = 1) -> Callable:
   def fast(lhs, rhs, strides, pads, precision, out_dtype):
     if lhs.dtype != jnp.float32 or rhs.dtype != jnp.float32 or out_dtype not in (None, jnp.float32):
       return fallback(lhs, rhs, strides, pads, precision, out_dtype)
+    if rhs.shape[:2] == (1, 1) and strides != (1, 1):  # see the module docstring
+      lhs, strides, pads = _subsample(lhs, strides, pads), (1, 1), ((0, 0), (0, 0))
     return _conv(_Spec(strides, pads), lhs, rhs)
 
   return drop_in(fast)
