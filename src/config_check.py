@@ -67,6 +67,14 @@ def validate(config, *, device_count=None, process_count=None):
     )
     _check(d.color_pca >= 0, "data.color_pca", f"must be >= 0 (0 = off), got {d.color_pca!r}.")
   else:
+    if config.data.name == "image_folder":
+      d = config.data.get("dir")
+      _check(
+          isinstance(d, str) and d != "",
+          "data.dir",
+          "must be the image folder's root, laid out as <dir>/train/<class>/<image> and <dir>/test/<class>/<image> "
+          f"(e.g. --config.data.dir=/data/cifar10-jpeg, or the preset argument image_dir=...), got {d!r}.",
+      )
     _check(
         isinstance(config.data.val_size, int) and config.data.val_size >= 0,
         "data.val_size",

@@ -36,12 +36,22 @@ _MULTIHOST = flags.DEFINE_bool(
 )
 
 
-def default_workdir():
-  """runs/<config file name>[-<arg>], e.g. runs/cifar_depth_sweep-mnist5k."""
-  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+def workdir_for(spec: str) -> str:
+  """runs/<config file name>[-<arg>] for a --config value, e.g. runs/cifar_depth_sweep-mnist5k. A path in the
+  argument keeps only its last part, so the workdir stays one directory under runs/:
+  'configs/cifar_depth_sweep.py:image_dir=/tmp/cifar10-jpeg,steps=8000' ->
+  'runs/cifar_depth_sweep-image_dir=cifar10-jpeg,steps=8000'."""
   path, _, arg = spec.partition(":")
   name = os.path.splitext(os.path.basename(path))[0]
-  return os.path.join("runs", name + (f"-{arg}" if arg else ""))
+  items = []
+  for item in arg.split(",") if arg else []:
+    key, eq, value = item.partition("=")
+    items.append(key + eq + (os.path.basename(os.path.normpath(value)) if "/" in value else value))
+  return os.path.join("runs", name + (f"-{','.join(items)}" if items else ""))
+
+
+def default_workdir():
+  return workdir_for(config_flags.get_config_filename(flags.FLAGS["config"]))
 
 
 def main(argv):

@@ -18,6 +18,13 @@ CIFAR_PARAMS = {
     "cifar_resnet1202": "19.4M",
 }
 
+# Beside a run on an image-folder copy of CIFAR-10 (src/data/image_folder.py: CIFAR-10's ten class folders,
+# 32x32 RGB images, e.g. JPEG re-encoded), Table 6's number carries this note.
+CIFAR10_COPY_NOTE = (
+    "trained and tested on an image-folder copy of CIFAR-10, not the original: its images were re-encoded "
+    "(e.g. as JPEG), so errors are expected somewhat above Table 6"
+)
+
 # Tables 2-4: ImageNet val top-1 / top-5 error (%). 10-crop unless marked multi-scale.
 IMAGENET_10CROP = {
     "plain18": (27.94, None),
@@ -47,3 +54,27 @@ def imagenet_key(model: str, shortcut) -> str:
   default, B), the other nets by name."""
   key = f"{model}:{shortcut or IMAGENET_DEFAULT_SHORTCUT}"
   return key if key in IMAGENET_10CROP or key in IMAGENET_MULTISCALE else model
+
+
+def cifar10_data(result: dict):
+  """How a run's data stands to Table 6's, from its result.json (or a src.analysis.load_runs row).
+
+  Args:
+    result: with 'dataset' (config.data.name) and, for image folders, 'data' ({'copy_of': ...}, written by
+      src/train.py from src/data/image_folder.py).
+
+  Returns:
+    'cifar10' (tfds' CIFAR-10), 'copy' (an image folder holding CIFAR-10: compare with Table 6 under
+    CIFAR10_COPY_NOTE), or None (other data, e.g. mnist5k: Table 6 would mislead).
+  """
+  if result.get("dataset") == "cifar10":
+    return "cifar10"
+  if result.get("dataset") == "image_folder" and (result.get("data") or {}).get("copy_of") == "cifar10":
+    return "copy"
+  return None
+
+
+def cifar_test_error(result: dict):
+  """Table 6's test error (%) for a run's result (see cifar10_data), or None: no CIFAR-10 data, or a net the table
+  does not list (plain nets, other depths)."""
+  return CIFAR_TEST_ERROR.get(result.get("model")) if cifar10_data(result) else None

@@ -1,7 +1,7 @@
 """`python -m src.report --workdir=DIR`: the paper's figures (PNG) and tables (Markdown) from a workdir of runs.
 
-Writes into DIR, for the CIFAR-style runs (cifar10, mnist5k): fig1.png (shallowest vs deepest plain net),
-fig6.png (plain nets vs ResNets, training and test error), fig7.png (layer response stds; runs with
+Writes into DIR, for the CIFAR-style runs (cifar10, mnist5k, image_folder): fig1.png (shallowest vs deepest
+plain net), fig6.png (plain nets vs ResNets, training and test error), fig7.png (layer response stds; runs with
 checkpoints), table6.md (test error beside the paper's); for ImageNet runs (data.name imagenet2012): fig4.png
 and imagenet.md (Tables 2-4). Whatever a workdir has no runs for is skipped.
 """
@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: files only, before anything imports pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 
+from src import paper  # noqa: E402
 from src.analysis.plots import plot_fig1, plot_fig4, plot_fig6  # noqa: E402
 from src.analysis.runs import IMAGENET, imagenet_table, load_metrics, load_runs, table6, to_markdown  # noqa: E402
 
@@ -50,7 +51,13 @@ def write_report(workdir: str, num_images: int = 500, log=print) -> list:
       log("no checkpoints: fig7.png skipped")
     save_text(
         "# Table 6 (errors in %)\n\nThe paper's column: CIFAR-10 test error of He et al. (2016), Table 6, "
-        "shown for CIFAR-10 runs only.\n\n" + to_markdown(table6(workdir)),
+        "shown for CIFAR-10 runs"
+        + (
+            f" and for copy_of cifar10 runs, {paper.CIFAR10_COPY_NOTE}.\n\n"
+            if runs["copy_of"].notna().any()
+            else " only.\n\n"
+        )
+        + to_markdown(table6(workdir)),
         "table6.md",
     )
   imagenet = curves[curves["dataset"] == IMAGENET]

