@@ -68,6 +68,7 @@ def get_model(
     bn_group_size: Optional[int] = None,
     zero_init_residual: bool = False,
     scan="auto",
+    remat: bool = False,
     dtype: str = "float32",
     conv_impl: str = "auto",
     conv_chunk: int = 16,
@@ -81,6 +82,7 @@ def get_model(
   result; see src/models/conv.py), 'onednn' (float32 convs and their gradients in oneDNN, src/models/onednn.py)
   or 'auto' (on the CPU 'onednn' where oneDNN builds and the process has one device, else 'cpu'; elsewhere 'xla').
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
+  remat: recompute the scanned blocks' activations in the backward pass instead of keeping them (nn.remat).
   conv_general_dilated replaces lax.conv_general_dilated in every conv (used by the FLOP counter).
   """
   family, kind, depth = parse_name(name)
@@ -122,6 +124,7 @@ def get_model(
       num_classes=num_classes,
       zero_init_residual=zero_init_residual,
       scan=scan,
+      remat=remat,
       dtype=DTYPES[dtype],
   )
   if family == "cifar":
