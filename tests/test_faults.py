@@ -432,7 +432,8 @@ def test_read_errors_are_classified_by_their_causes():
 def start_processes(args, logs, n=2):
   """The job launch/local.py starts (n processes x 1 CPU device on 127.0.0.1), as separate Popen objects so that
   a test can signal one process only. Output goes to files: a full pipe would stall a process."""
-  sys.path.insert(0, REPO)
+  if REPO not in sys.path:  # `launch` imports under plain `pytest` too (as in test_launch.py)
+    sys.path.insert(0, REPO)
   from launch.local import child_command, child_env, free_port
 
   port, env = free_port(), child_env(1, base=ENV)
