@@ -44,6 +44,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.model.bn_group_size = 64  # BN statistics per 64 images: 128 on "two GPUs" (0: synchronised over the global batch)
   c.model.zero_init_residual = False
   c.model.scan = "auto"  # nn.scan over stages of >20 blocks (1202): fast compiles
+  c.model.remat = False  # recompute scanned blocks in the backward pass: less memory (ResNet-1202: True)
   c.model.dtype = "float32"
   c.model.conv_impl = "auto"  # src/cpu: 'onednn', 'cpu' (CPU kernels, same maths); 'xla': plain; auto: best here
   c.model.conv_chunk = 16  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples

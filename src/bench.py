@@ -4,10 +4,13 @@ Per case (model x batch x dtype x conv_chunk x steps_per_call), one JSON line an
 steady-state step time, training images/s, peak memory, achieved FLOP/s (XLA cost analysis of the compiled
 step), the input pipeline's own images/s, and the step time with the real input pipeline against data already on
 the device. `--torch` times a PyTorch eager peer of the CIFAR nets in the same interleaved windows as each
-float32 case (columns torch_step_ms and speed_vs_torch; optional, PyTorch is not a dependency). `--compile_only` reports compile times only (how they grow with depth).
+float32 case (columns torch_step_ms and speed_vs_torch; optional, PyTorch is not a dependency). `--compile_only`
+compiles and runs nothing: compile times (how they grow with depth) and the compiled step's memory from XLA's memory
+analysis (temporaries, arguments, outputs; `--remat false,true` to compare).
 
     python -m src.bench --models cifar_resnet20 --batch 128 --conv_chunk 0,16 --torch
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
+    python -m src.bench --compile_only --models cifar_resnet1202 --batch 128 --remat false,true --conv_impl xla
 """
 
 if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/cpu/hugepages.py)
@@ -31,11 +34,12 @@ from configs.common import cifar_recipe
 from src import data, models, optim, parallel, train
 
 
-def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto"):
+def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto", remat=False):
   c = cifar_recipe(name if name.startswith("cifar_") else "cifar_resnet20")
   c.model.name = name
   c.model.shortcut = "A" if name.startswith("cifar_") else "B"
   c.model.dtype, c.model.conv_impl, c.model.conv_chunk, c.model.scan = dtype, conv_impl, conv_chunk, scan
+  c.model.remat = remat
   c.model.bn_group_size = 0
   c.batch_size, c.steps_per_call = batch, steps_per_call
   return c
@@ -177,19 +181,28 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
   return row
 
 
-def compile_case(name, batch, scan, conv_impl="auto", conv_chunk=16):
+def compile_case(name, batch, scan, conv_impl="auto", conv_chunk=16, remat=False):
+  """Compile time and XLA's memory analysis of the compiled train step (MB: temporaries, arguments, outputs);
+  nothing runs. Memory XLA cannot see (oneDNN's scratch under conv_impl=onednn) is not in it."""
   shape = models.input_shape(name)
-  config = case_config(name, batch, "float32", conv_chunk, scan, 1, conv_impl)
+  config = case_config(name, batch, "float32", conv_chunk, scan, 1, conv_impl, remat)
   mesh, state, step = build(config, shape)
   host = random_batch(shape, batch, 1)
   t = time.perf_counter()
-  step.lower(state, parallel.global_batch(host, mesh)).compile()
+  compiled = step.lower(state, parallel.global_batch(host, mesh)).compile()
+  compile_s = time.perf_counter() - t
+  memory = compiled.memory_analysis()
   return {
       "model": name,
       "batch": batch,
       "scan": scan,
-      "compile_s": round(time.perf_counter() - t, 2),
+      "remat": remat,
+      "conv_impl": conv_impl,
+      "compile_s": round(compile_s, 2),
       "params": models.count_params(state.params),
+      "temp_mb": round(memory.temp_size_in_bytes / 2**20, 1),
+      "argument_mb": round(memory.argument_size_in_bytes / 2**20, 1),
+      "output_mb": round(memory.output_size_in_bytes / 2**20, 1),
   }
 
 
@@ -216,6 +229,7 @@ def main(argv=None):
   p.add_argument("--conv_impl", default="auto", help="auto, xla, cpu, onednn (comma-separated to compare)")
   p.add_argument("--conv_chunk", default="16", help="examples per kernel-gradient chunk of conv_impl=cpu")
   p.add_argument("--scan", default="auto", help="auto, true, false (comma-separated to compare)")
+  p.add_argument("--remat", default="false", help="--compile_only: false, true (comma-separated to compare)")
   p.add_argument("--steps_per_call", default="1")
   p.add_argument("--steps", type=int, default=10, help="steps per timing window (3 windows, median)")
   p.add_argument("--dataset", default="mnist5k", help="input pipeline for the pipeline columns ('' = skip)")
@@ -247,8 +261,10 @@ def main(argv=None):
     for name in names:
       for batch in batches:
         for scan in scans:
-          emit(compile_case(name, batch, scan, csv(a.conv_impl)[0], csv(a.conv_chunk, int)[0]))
-    print("\n" + table(rows, ["model", "batch", "scan", "params", "compile_s"]))
+          for remat in csv(a.remat, lambda v: v.lower() == "true"):
+            emit(compile_case(name, batch, scan, csv(a.conv_impl)[0], csv(a.conv_chunk, int)[0], remat))
+    keys = ["model", "batch", "scan", "remat", "conv_impl", "params", "compile_s", "temp_mb", "argument_mb"]
+    print("\n" + table(rows, keys + ["output_mb"]))
     return rows
   pipeline = None
   if a.dataset:

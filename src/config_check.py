@@ -10,6 +10,7 @@ from src import cpu
 from src.data import DATASETS
 
 PROTOCOLS = ("center", "ten_crop", "multiscale")
+TRAIN_DTYPES = ("bfloat16", "float32")  # the model registry also builds float16 nets (FLOP counts), not trained
 
 
 class ConfigError(ValueError):
@@ -46,7 +47,16 @@ def validate(config, *, device_count=None, process_count=None):
       "model.shortcut",
       f"must be one of {list(models.SHORTCUTS)} (or None for the paper's default), got {m.shortcut!r}.",
   )
-  _check(m.dtype in models.DTYPES, "model.dtype", f"must be one of {sorted(models.DTYPES)}, got {m.dtype!r}.")
+  # float16 trains only with loss scaling (small gradients underflow to zero), which this train loop does not
+  # do: refused rather than silently losing gradients. bfloat16 has float32's exponent range and needs none.
+  _check(
+      m.dtype != "float16",
+      "model.dtype",
+      "float16 is refused: without loss scaling, which this train loop does not do, small gradients underflow to "
+      "zero. Use bfloat16 (float32's range in half the bits: TPUs, NVIDIA A100 and later) or float32 (GPUs "
+      "without bf16 such as V100 and T4).",
+  )
+  _check(m.dtype in TRAIN_DTYPES, "model.dtype", f"must be one of {list(TRAIN_DTYPES)}, got {m.dtype!r}.")
   _check(config.data.name in DATASETS, "data.name", f"must be one of {list(DATASETS)}, got {config.data.name!r}.")
   imagenet = config.data.name == "imagenet2012"
   if imagenet:
@@ -133,6 +143,11 @@ def validate(config, *, device_count=None, process_count=None):
       str(m.scan).lower() in ("auto", "true", "false"),
       "model.scan",
       f"must be 'auto', 'true' or 'false', got {m.scan!r}.",
+  )
+  _check(
+      m.get("remat", False) in (True, False),
+      "model.remat",
+      f"must be True or False (recompute scanned blocks in the backward pass), got {m.get('remat')!r}.",
   )
   _check(
       m.conv_impl in cpu.CONV_IMPLS,

@@ -49,17 +49,45 @@ def _local_rows(x, mesh):
   return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, P("data")))
 
 
-def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh):
-  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n])."""
+CROPS_PER_IMAGE = {"center": 1, "ten_crop": 10, "multiscale": 1}
+
+
+def images_per_call(protocol: str, local_batch: int) -> int:
+  """Images of one eval call on this process. eval_batch_size counts network inputs, not images: a 10-crop call
+  takes a tenth of the images, so it holds as many 224x224 crops as a centre-crop call and needs the memory of one
+  ordinary eval batch (ResNet-50 at 512: 6.5 GiB of temporaries, where 512 images x 10 crops needed 65 GiB; README).
+  Rounded down to a multiple of this process's devices, at least one image per device."""
+  devices = jax.local_device_count()
+  return max(devices, local_batch // CROPS_PER_IMAGE[protocol] // devices * devices)
+
+
+def scores_fn(model, mean, mesh, protocol: str):
+  """The jitted eval call of `protocol`: (variables, uint8 images) -> softmax scores, float32 [b, classes].
+
+  center: images [b, h, w, c], batch-sharded. ten_crop: [b, 10, h, w, c], scores averaged over the crops.
+  multiscale: one whole image [1, H, W, c] on one device, `mean` per channel [c]."""
   compiler_options = xla_flags.compiler_options()
+  if protocol == "multiscale":
+    return jax.jit(
+        lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)), compiler_options=compiler_options
+    )
+
+  def scores(v, images):
+    crops = images.reshape((-1,) + images.shape[-3:])  # [b, 10, h, w, c] -> [10 b, h, w, c]
+    p = jax.nn.softmax(model.apply(v, normalize(crops, mean), train=False))
+    return p.reshape(images.shape[0], -1, p.shape[-1]).mean(axis=1)  # averaged over the crops
+
+  return jax.jit(scores, out_shardings=parallel.batch_sharded(mesh), compiler_options=compiler_options)
+
+
+def predict(model, variables, ds, split: str, protocol: str, batch_size: int, mesh):
+  """Softmax scores of this process's examples of `split` under `protocol`: (probs [n, C], labels [n]).
+  batch_size: this process's share of eval_batch_size, in network inputs (images_per_call)."""
   probs, labels = [], []
   if protocol == "multiscale":
     # Whole images of varying shape, one at a time on this process's first device; the mean is the
     # per-channel mean of the crop-sized mean image (it has no meaning at other sizes).
-    mean = jnp.asarray(ds.mean.mean(axis=(0, 1)))
-    apply = jax.jit(
-        lambda v, x: jax.nn.softmax(model.apply(v, normalize(x, mean), train=False)), compiler_options=compiler_options
-    )
+    apply = scores_fn(model, jnp.asarray(ds.mean.mean(axis=(0, 1))), mesh, protocol)
     variables = jax.device_put(variables, jax.local_devices()[0])
     for item in ds.multiscale_batches(split):
       if item["mask"][0]:
@@ -67,19 +95,13 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
         labels.append(int(item["label"][0]))
     return np.asarray(probs, np.float32).reshape(len(labels), -1), np.asarray(labels, np.int32)
 
-  mean = jnp.asarray(ds.mean)
-
-  def scores(v, images):
-    crops = images.reshape((-1,) + images.shape[-3:])  # [b, 10, h, w, c] -> [10 b, h, w, c]
-    p = jax.nn.softmax(model.apply(v, normalize(crops, mean), train=False))
-    return p.reshape(images.shape[0], -1, p.shape[-1]).mean(axis=1)  # averaged over the crops
-
-  apply = jax.jit(scores, out_shardings=parallel.batch_sharded(mesh), compiler_options=compiler_options)
+  apply = scores_fn(model, jnp.asarray(ds.mean), mesh, protocol)
   variables = parallel.replicate(variables, mesh)
+  images = images_per_call(protocol, batch_size)
   batches = (
-      ds.eval_batches(split, batch_size)
+      ds.eval_batches(split, images)
       if protocol == "center"  # every dataset's default
-      else ds.eval_batches(split, batch_size, protocol=protocol)
+      else ds.eval_batches(split, images, protocol=protocol)
   )
   for batch in batches:
     mask = batch.pop("mask")
@@ -87,6 +109,42 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
     probs.append(p[mask])
     labels.append(batch["label"][mask])
   return np.concatenate(probs), np.concatenate(labels).astype(np.int32)
+
+
+def eval_call_memory(config, protocol: str, num_classes: int = 1000) -> dict:
+  """XLA's memory analysis of one compiled eval call of `protocol` at config.eval_batch_size, on this process's
+  devices: {'temp_bytes', 'argument_bytes', 'output_bytes', 'images', 'input_shape'}. Compiles, runs nothing.
+
+  Centre and 10-crop calls take images_per_call images of data.crop (CIFAR: 32x32); multi-scale one image with
+  the largest data.multiscale shorter side and a 4:3 longer side rounded as the pipeline does (640 x 864).
+  Memory that XLA does not allocate (oneDNN's scratch under conv_impl=onednn) is not counted.
+  """
+  mesh = parallel.make_mesh()
+  model = train.build_model(config, num_classes=num_classes)
+  d = config.data
+  crop = d.get("crop", 32)
+  channels = 3
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, crop, crop, channels)), train=False))
+  if protocol == "multiscale":
+    side, r = max(d.multiscale), d.multiscale_round
+    longer = max(side, int(side * 4 / 3 / r + 0.5) * r)
+    mean = jnp.zeros((channels,))
+    x = jax.ShapeDtypeStruct((1, side, longer, channels), jnp.uint8)
+    images = 1
+  else:
+    mean = jnp.zeros((crop, crop, channels))
+    images = images_per_call(protocol, config.eval_batch_size // jax.process_count()) * jax.process_count()
+    crops = (CROPS_PER_IMAGE[protocol],) if protocol == "ten_crop" else ()
+    x = jax.ShapeDtypeStruct((images, *crops, crop, crop, channels), jnp.uint8, sharding=parallel.batch_sharded(mesh))
+  fn = scores_fn(model, mean, mesh, protocol)
+  m = fn.lower(variables, x).compile().memory_analysis()
+  return {
+      "temp_bytes": int(m.temp_size_in_bytes),
+      "argument_bytes": int(m.argument_size_in_bytes),
+      "output_bytes": int(m.output_size_in_bytes),
+      "images": images,
+      "input_shape": tuple(x.shape),
+  }
 
 
 def topk_errors(probs, labels, ks=(1, 5)) -> dict:

@@ -62,6 +62,7 @@ def main(argv):
   from src import parallel  # imported here so `--help` stays fast
 
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+  from src.checkpoint import CheckpointReadError
   from src.config_check import ConfigError, check_workdir
   from src.data import DatasetMissingError
   from src.train import CheckpointWriteError, DivergedError
@@ -87,7 +88,8 @@ def main(argv):
       from src.train import train_and_evaluate
 
       train_and_evaluate(config, workdir)
-  except (ConfigError, DatasetMissingError, DivergedError, CheckpointWriteError) as e:  # the message says it all
+  except (ConfigError, DatasetMissingError, DivergedError, CheckpointWriteError, CheckpointReadError) as e:
+    # the message says it all
     raise SystemExit(f"error: {e}") from None
 
 

@@ -17,12 +17,25 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   """
   import os
 
+  # JAX's preemption notifier would take SIGTERM for itself (and swallow it where nothing asks it); the train
+  # loop's own handler and its agreement over processes (train._Preemption) stop every process at one step.
+  jax.config.update("jax_enable_preemption_service", False)
   if coordinator_address:
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
   elif multihost or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
     jax.distributed.initialize()
+
+
+def all_processes(ok: bool) -> bool:
+  """True on every process if `ok` is True on every process, else False on every process: one decision for all
+  (e.g. a check that reads a file each process sees for itself). A collective: every process must call it."""
+  if jax.process_count() == 1:
+    return bool(ok)
+  from jax.experimental import multihost_utils
+
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([bool(ok)], np.int32))))
 
 
 def make_mesh(devices=None):

@@ -6,6 +6,7 @@ same workdir, it resumes from the newest checkpoint: model, optimiser, warm-up f
 """
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -151,17 +152,47 @@ def evaluate(eval_step, state, ds, split, local_batch, mesh) -> dict:
 
 
 class _Preemption:
-  """SIGTERM (preemption on TPU pods / SLURM): finish the current step, save, exit cleanly."""
+  """SIGTERM (preemption on TPU pods / SLURM): every process stops after the same step, saves it and exits 0.
 
-  def __init__(self):
-    self.requested = False
+  One process stops after the step it is in. Schedulers signal the hosts of a job a few steps apart, or only one
+  of them, so with several processes each one's flag is combined over all processes every `every_steps` steps: a
+  max over a tiny global array, dispatched at one check and read at the next, when the device has long computed it
+  (so the check never stalls the device). Every process reads the same combined value after the same call, so all
+  stop after the same step, at most 2 x every_steps steps after the first SIGTERM. The handler is Python's own;
+  JAX's SIGTERM notifier is off (parallel.py).
+  """
+
+  def __init__(self, every_steps: int = 8):
+    self.requested = False  # this process was sent SIGTERM
+    self.every_steps = every_steps
+    self._pending = None  # the combined flags dispatched at the last check
+    self._combine = None
     self._old = signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):
     self.requested = True
 
+  def stop_after(self, calls: int, steps_per_call: int, mesh) -> bool:
+    """Whether to save and stop after the train step call number `calls` (1, 2, ... since the loop started).
+    Must be called after every call, on every process: now and then it is a collective."""
+    if jax.process_count() == 1:
+      return self.requested
+    if calls % max(1, self.every_steps // steps_per_call):
+      return False
+    agreed = self._pending is not None and bool(np.asarray(self._pending.addressable_data(0)))
+    if self._combine is None:
+      self._combine = jax.jit(jnp.max, out_shardings=parallel.replicated(mesh))
+    flags = np.full((jax.local_device_count(),), self.requested, np.int32)
+    self._pending = self._combine(jax.make_array_from_process_local_data(parallel.batch_sharded(mesh), flags))
+    return agreed
+
+  def stop_now(self) -> bool:
+    """One process: a SIGTERM that arrived since stop_after (during an evaluation) stops it at once. Several:
+    only an agreed stop counts, so False."""
+    return jax.process_count() == 1 and self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self._old)
+    signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
 
 
 class DivergedError(FloatingPointError):
@@ -172,24 +203,96 @@ class CheckpointWriteError(OSError):
   pass
 
 
-def check_same_run(config, workdir):
-  """A workdir holds one run: resuming it with a different model or data would mix two experiments."""
+# Fields that may change when a run is resumed: where files live, how the same maths is executed (conv_impl,
+# remat, steps per call: equal up to float rounding), how often it is observed, and where it stops. Every other
+# field shapes the train state or the experiment (model, data, optim, schedule, batch_size, seed). num_steps may
+# change: a step schedule's boundaries are fields of their own (the presets derive them from their steps=
+# argument, and then they differ), so a longer or shorter run is the same experiment up to where it stops.
+RESUME_MAY_CHANGE = (
+    "name",
+    "mode",
+    "num_steps",
+    "steps_per_call",
+    "eval_batch_size",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "async_checkpoints",
+    "xla_cpu_*",
+    "data.data_dir",
+    "data.manual_dir",
+    "data.dir",
+    "model.conv_impl",
+    "model.conv_chunk",
+    "model.remat",
+    "eval.*",
+)
+
+
+def _flat_config(tree, prefix=""):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat_config(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def config_differences(config, saved: dict, *, changeable: bool = False) -> list:
+  """Dotted names of the fields in which `config` differs from `saved` (a run's config.json), sorted. Without
+  `changeable`, only those not in RESUME_MAY_CHANGE. A field only one of them has (a field added to the code
+  since the run started) is not compared."""
+  now, then = _flat_config(json.loads(config.to_json())), _flat_config(saved)
+  differ = sorted(k for k in set(now) & set(then) if now[k] != then[k])
+  return [k for k in differ if changeable or not any(fnmatch.fnmatchcase(k, p) for p in RESUME_MAY_CHANGE)]
+
+
+def _saved_config(workdir):
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return
+    return None
   with open(path) as f:
-    saved = json.load(f)
-  for block in ("model", "data"):
-    now, then = json.loads(config[block].to_json()), dict(saved.get(block, {}))
-    # Where the files live and how convs are differentiated are not part of the experiment.
-    for moved in ("data_dir", "manual_dir", "dir", "conv_impl", "conv_chunk"):
-      now.pop(moved, None), then.pop(moved, None)
-    if then != now:
-      diff = sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
-      raise ConfigError(
-          f"{workdir} holds a run with a different config.{block} (fields differ: {diff}); "
-          "use another --workdir for a new experiment, or the original config to resume."
-      )
+    return json.load(f)
+
+
+def check_same_run(config, workdir):
+  """A workdir holds one run: resuming it with a different experiment would mix two. Raises ConfigError naming
+  the fields that differ from the run's config.json (any but RESUME_MAY_CHANGE), before anything is read or
+  written. On several processes every one reads config.json and all raise if any finds a difference."""
+  saved = _saved_config(workdir)
+  differ = config_differences(config, saved) if saved is not None else []
+  if parallel.all_processes(not differ):
+    return
+  if not differ:
+    raise ConfigError(f"another process found that {workdir} holds a run with a different config (see its log).")
+  values = "; ".join(
+      f"{k}: {_flat_config(saved).get(k)!r} -> {_flat_config(json.loads(config.to_json()))[k]!r}" for k in differ
+  )
+  raise ConfigError(
+      f"{workdir} holds a run with a different config (fields that differ: {differ}; {values}). Only "
+      f"{', '.join(RESUME_MAY_CHANGE)} may change on resume: use another --workdir for a new experiment, or the "
+      "original config to resume."
+  )
+
+
+def _mismatch_error(config, workdir, e: checkpoint.CheckpointMismatchError) -> ConfigError:
+  saved = _saved_config(workdir)
+  if saved is None:
+    fields = "there is no config.json in the workdir to compare this config with"
+  else:
+    differ = config_differences(config, saved, changeable=True)
+    fields = (
+        f"config fields that differ from the run's config.json: {differ}"
+        if differ
+        else "no config field differs from the run's config.json, so the code that builds the train state has changed"
+    )
+  return ConfigError(
+      f"{workdir}: checkpoint {e.step} holds a train state of another structure, shape or dtype than this config "
+      f"builds ({'; '.join(e.differences[:4])}{'; ...' if len(e.differences) > 4 else ''}); {fields}. Nothing was "
+      "moved or written: resume with the run's original config (and code), or use another --workdir."
+  )
 
 
 @contextlib.contextmanager
@@ -209,7 +312,20 @@ def _checkpoint_errors(ckpts, step):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains the run of `config` in `workdir`, resuming from its newest checkpoint; returns its final metrics.
+
+  Raises ConfigError (a bad config, or a workdir that holds another experiment), DivergedError,
+  CheckpointWriteError, checkpoint.CheckpointReadError; SystemExit(0) after saving on SIGTERM.
+  """
   validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
+  preempt = _Preemption()  # from the start: a SIGTERM while data loads or steps compile stops at the first step
+  try:
+    return _train(config, workdir, preempt)
+  finally:
+    preempt.restore()
+
+
+def _train(config, workdir: str, preempt: _Preemption) -> dict:
   mesh = parallel.make_mesh()
   pid, nproc = jax.process_index(), jax.process_count()
   local_batch = config.batch_size // nproc
@@ -236,10 +352,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
       async_save=config.async_checkpoints,
   )
   start, wall_before = 0, 0.0
-  restored = ckpts.restore_latest(checkpoint.abstract(state), log=print if main_process else lambda _: None)
+  k = config.steps_per_call
+  try:
+    restored = ckpts.restore_latest(checkpoint.abstract(state), log=print if main_process else lambda _: None)
+  except checkpoint.CheckpointMismatchError as e:
+    raise _mismatch_error(config, workdir, e) from None
   if restored is not None:
     _, state, meta = restored
     start, wall_before = int(meta["step"]), float(meta.get("wall_time_s", 0.0))
+    if start % k:  # saved on SIGTERM under another steps_per_call: calls of k steps would step over num_steps
+      raise ConfigError(
+          f"config.steps_per_call: {k} does not divide the step of the checkpoint to resume from ({start}); resume "
+          f"with a steps_per_call that divides {start} (e.g. 1), and change it at the next checkpoint."
+      )
     if main_process:
       print(f"Resumed from {ckpts.directory} at step {start}.", flush=True)
   if main_process:
@@ -248,7 +373,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   writer = metrics.MetricWriter(workdir, resume_step=start, enabled=main_process)
   mean = jnp.asarray(ds.mean)
   replicated = parallel.replicated(mesh)
-  k = config.steps_per_call
   train_step = jit_train_step(config, model, tx, mean, mesh)
   eval_step = jax.jit(
       make_eval_step(model, mean), out_shardings=replicated, compiler_options=xla_flags.compiler_options()
@@ -256,7 +380,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_batch = config.eval_batch_size // nproc
 
   progress = metrics.Progress(config.num_steps, start, enabled=main_process, name=config.get("name", ""))
-  preempt = _Preemption()
   # With several CPU devices, XLA's collectives abort if too many steps are in flight: wait now and then.
   sync_every = max(16 // k, 1) if jax.devices()[0].platform == "cpu" and jax.device_count() > 1 else 0
   pending, t_start, last = [], time.time(), {}
@@ -276,8 +399,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
       done = step == config.num_steps
       if sync_every and (step // k) % sync_every == 0:
         jax.block_until_ready(step_metrics)
-      log_now = step % config.log_every == 0 or done or preempt.requested
-      ckpt_now = step % config.checkpoint_every == 0 or done or preempt.requested
+      stop = preempt.stop_after((step - start) // k, k, mesh)  # the same on every process
+      log_now = step % config.log_every == 0 or done or stop
+      ckpt_now = step % config.checkpoint_every == 0 or done or stop
       if log_now or ckpt_now:
         logged = {
             name: np.concatenate([np.atleast_1d(m[name]) for m in jax.device_get(pending)]) for name in pending[0]
@@ -308,7 +432,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             state = state.replace(plateau=parallel.replicate(plateau, mesh))
         writer.write(step, row)
         last.update(row)
-        if ckpt_now or preempt.requested:  # SIGTERM may have arrived during the evaluation above
+        stop = stop or preempt.stop_now()  # one process: SIGTERM may have arrived during the evaluation above
+        if ckpt_now or stop:
           val = {"val/error": row["val/error"]} if "val/error" in row else None
           with _checkpoint_errors(ckpts, step):
             ckpts.save(
@@ -324,10 +449,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 force=True,
             )
         progress.restart(step)
-        if preempt.requested and not done:
+        if stop and not done:
           with _checkpoint_errors(ckpts, step):
             ckpts.wait()
-          progress.message(f"SIGTERM: saved the checkpoint of step {step}; exiting. Start again to resume.")
+          said = f"SIGTERM: saved the checkpoint of step {step}; exiting. Start again to resume."
+          progress.message(said)
+          if not main_process:  # every process says where it stopped
+            print(f"process {pid}/{nproc}: {said}", flush=True)
           raise SystemExit(0)
     if not last:  # started again after the end: report the final state
       for split in ds.splits:
@@ -335,7 +463,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with _checkpoint_errors(ckpts, step):
       ckpts.wait()  # the last asynchronous save must be on disk before the run counts as done
   finally:
-    preempt.restore()
     writer.close()
     try:
       ckpts.close()

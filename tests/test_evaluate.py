@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.common import cifar_recipe
-from src import data, optim
+from src import data, models, optim
 from src.evaluate import load_member, topk_errors
 from src.train import normalize
 from tests.conftest import run_main, tiny_cifar_args
@@ -184,3 +184,33 @@ def test_paper_lookup_takes_the_default_shortcut_of_the_registry():
   config.model.name = "resnet50"
   assert paper_error(config, "ten_crop") == paper.IMAGENET_10CROP["resnet50"]
   assert paper_error(config, "center") is None
+
+
+def test_ten_crop_and_multiscale_calls_need_the_memory_of_one_eval_batch():
+  """eval_batch_size counts network inputs: a 10-crop call takes a tenth of the images, so XLA's memory analysis
+  of the compiled call matches a centre-crop call's (the old call, eval_batch_size images x 10 crops, needs 10x)."""
+  import jax.numpy as jnp
+
+  from configs.common import imagenet_recipe
+  from src import evaluate, parallel
+
+  config = imagenet_recipe("resnet18")
+  config.data.crop, config.data.multiscale, config.data.multiscale_round = 64, (64, 96), 16
+  config.eval_batch_size = 40
+  assert evaluate.images_per_call("ten_crop", 40) == 4 and evaluate.images_per_call("center", 40) == 40
+  assert evaluate.images_per_call("ten_crop", 8) == 1  # at least one image per device
+  memory = {p: evaluate.eval_call_memory(config, p) for p in ("center", "ten_crop", "multiscale")}
+  assert memory["center"]["input_shape"] == (40, 64, 64, 3)
+  assert memory["ten_crop"]["input_shape"] == (4, 10, 64, 64, 3)
+  assert memory["multiscale"]["input_shape"] == (1, 96, 128, 3)
+  center = memory["center"]["temp_bytes"]
+  assert memory["ten_crop"]["temp_bytes"] <= 1.05 * center, memory
+  assert memory["multiscale"]["temp_bytes"] <= center, memory
+
+  # What the old predict() compiled: 40 images x 10 crops in one call.
+  model = models.model_from_config(config.model, num_classes=1000)
+  mesh = parallel.make_mesh()
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  fn = evaluate.scores_fn(model, jnp.zeros((64, 64, 3)), mesh, "ten_crop")
+  old = jax.ShapeDtypeStruct((40, 10, 64, 64, 3), jnp.uint8, sharding=parallel.batch_sharded(mesh))
+  assert fn.lower(variables, old).compile().memory_analysis().temp_size_in_bytes > 5 * center

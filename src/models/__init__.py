@@ -64,6 +64,7 @@ def get_model(
     bn_group_size: Optional[int] = None,
     zero_init_residual: bool = False,
     scan="auto",
+    remat: bool = False,
     dtype: str = "float32",
     conv_general_dilated=None,
     bn_normalize=None,
@@ -73,6 +74,7 @@ def get_model(
   shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
   statistic in training (the paper's per-GPU BN); None = the whole batch.
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
+  remat: recompute the scanned blocks' activations in the backward pass instead of keeping them (nn.remat).
   The injection points (blocks.make_conv_norm): conv_general_dilated replaces lax.conv_general_dilated in every
   conv, bn_normalize BN's training-mode function; None keeps the plain ones. src.cpu.model_kernels() gives the
   CPU's faster equivalents, and the FLOP counter injects a conv that counts padding.
@@ -107,6 +109,7 @@ def get_model(
       num_classes=num_classes,
       zero_init_residual=zero_init_residual,
       scan=scan,
+      remat=remat,
       dtype=DTYPES[dtype],
   )
   if family == "cifar":

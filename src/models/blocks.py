@@ -187,12 +187,15 @@ def use_scan(scan, num_blocks: int) -> bool:
 class Stage(nn.Module):
   """`num_blocks` blocks of one width; the first may downsample. With scan, the identical blocks
   2..n run as one `nn.scan` (stacked params, names blocks/block/...), so compile time does not grow
-  with depth; unrolled, they are block1..block{n-1}."""
+  with depth; unrolled, they are block1..block{n-1}. remat: the scanned blocks keep only their input for the
+  backward pass and recompute the rest (`nn.remat`): same maths and parameters, less memory, about one more
+  forward pass of compute (ResNet-1202 at batch 128: README, Models)."""
 
   block: Callable  # functools.partial of BasicBlock/Bottleneck with everything but `strides`
   num_blocks: int
   strides: int
   scan: Any = "auto"
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -201,8 +204,10 @@ class Stage(nn.Module):
     if rest == 0:
       return x
     if use_scan(self.scan, self.num_blocks):
+      # prevent_cse=False: inside a scan, XLA cannot merge the recomputation into the forward pass anyway.
+      body = nn.remat(_ScanBody, prevent_cse=False) if self.remat else _ScanBody
       scanned = nn.scan(
-          _ScanBody,
+          body,
           variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
           split_rngs={"params": True},
           length=rest,

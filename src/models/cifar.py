@@ -33,6 +33,7 @@ class CifarResNet(nn.Module):
   num_classes: int = 10
   zero_init_residual: bool = False
   scan: Any = "auto"  # see blocks.use_scan
+  remat: bool = False  # see blocks.Stage
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -49,6 +50,6 @@ class CifarResNet(nn.Module):
           shortcut=self.shortcut,
           zero_init_residual=self.zero_init_residual,
       )
-      x = Stage(block, blocks, strides, self.scan, name=f"stage{i + 1}")(x, train)
+      x = Stage(block, blocks, strides, self.scan, self.remat, name=f"stage{i + 1}")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x.astype(jnp.float32))

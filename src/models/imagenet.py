@@ -42,6 +42,7 @@ class ImageNetResNet(nn.Module):
   stride_on_3x3: bool = False
   zero_init_residual: bool = False
   scan: Any = "auto"  # see blocks.use_scan
+  remat: bool = False  # see blocks.Stage
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -62,6 +63,6 @@ class ImageNetResNet(nn.Module):
       block_cls = BasicBlock
     for i, (width, n, strides) in enumerate(stage_specs(WIDTHS, blocks)):
       block = functools.partial(block_cls, filters=width, **common)
-      x = Stage(block, n, strides, self.scan, name=f"conv{i + 2}_x")(x, train)
+      x = Stage(block, n, strides, self.scan, self.remat, name=f"conv{i + 2}_x")(x, train)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=jnp.float32, name="fc")(x.astype(jnp.float32))
