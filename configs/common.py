@@ -77,6 +77,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.eval.protocols = ("center",)  # CIFAR: the test image as is; ImageNet adds 'ten_crop', 'multiscale'
   c.eval.ensemble = ()  # more workdirs whose newest checkpoints join an ensemble (Table 5)
 
+  c.num_seeds = 1  # >1: that many replicas (seeds seed, seed+1, ...) in one jitted program (src/replicas.py)
   c.steps_per_call = 1  # >1: that many steps per jitted call (lax.scan); less overhead on GPU
   c.log_every = 100
   c.eval_every = 2000

@@ -10,6 +10,7 @@ analysis (temporaries, arguments, outputs; `--remat false,true` to compare).
 
     python -m src.bench --models cifar_resnet20 --batch 128 --conv_chunk 0,16 --torch
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
+    python -m src.bench --models cifar_resnet20 --num_seeds 1,4,8        # replicas: images/s of all, per replica
     python -m src.bench --compile_only --models cifar_resnet1202 --batch 128 --remat false,true --conv_impl xla
 """
 
@@ -31,23 +32,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import cifar_recipe
-from src import data, models, optim, parallel, train
+from src import data, models, optim, parallel, replicas, train
 
 
-def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto", remat=False):
+def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto", remat=False, num_seeds=1):
   c = cifar_recipe(name if name.startswith("cifar_") else "cifar_resnet20")
   c.model.name = name
   c.model.shortcut = "A" if name.startswith("cifar_") else "B"
   c.model.dtype, c.model.conv_impl, c.model.conv_chunk, c.model.scan = dtype, conv_impl, conv_chunk, scan
   c.model.remat = remat
   c.model.bn_group_size = 0
-  c.batch_size, c.steps_per_call = batch, steps_per_call
+  c.batch_size, c.steps_per_call, c.num_seeds = batch, steps_per_call, num_seeds
   return c
 
 
-def random_batch(shape, batch, steps_per_call, seed=0):
+def random_batch(shape, batch, steps_per_call, seed=0, num_seeds=1):
   rng = np.random.default_rng(seed)
-  lead = (steps_per_call,) if steps_per_call > 1 else ()
+  lead = ((steps_per_call,) if steps_per_call > 1 else ()) + ((num_seeds,) if num_seeds > 1 else ())
   return {
       "image": rng.integers(0, 256, lead + (batch,) + shape, dtype=np.uint8),
       "label": rng.integers(0, 10, lead + (batch,)).astype(np.int32),
@@ -101,14 +102,16 @@ def reference_flops(name, batch, dtype, shape):
   return cost.get("flops", 0.0)
 
 
-def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, steps, pipeline, torch=False):
+def bench_case(
+    name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, steps, pipeline, torch=False, num_seeds=1
+):
   shape = models.input_shape(name)
   if pipeline is not None and pipeline.image_shape[:2] == shape[:2]:
     shape = tuple(pipeline.image_shape)  # e.g. mnist5k's 1 channel: the nets take any number of channels
-  config = case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl)
+  config = case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl, num_seeds=num_seeds)
   mesh, state, step = build(config, shape)
-  host = random_batch(shape, batch, steps_per_call)
-  lead = 1 if steps_per_call > 1 else 0
+  host = random_batch(shape, batch, steps_per_call, num_seeds=num_seeds)
+  lead = int(steps_per_call > 1) + int(num_seeds > 1)  # the steps and replica axes before the batch axis
   on_device = parallel.global_batch(host, mesh, leading_axes=lead)
   t = time.perf_counter()
   compiled = step.lower(state, on_device).compile()
@@ -129,24 +132,27 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
       "conv_chunk": conv_chunk,
       "scan": scan,
       "steps_per_call": steps_per_call,
+      "num_seeds": num_seeds,
       "compile_s": round(compile_s, 2),
   }
   if pipeline is not None and shape == tuple(pipeline.image_shape):
     step_i = [0]
     local = batch // jax.process_count()
 
+    seeds = replicas.seeds(config)
+
     def next_host_batch():
       i = step_i[0]
       step_i[0] += steps_per_call
       if steps_per_call == 1:
-        return pipeline.train_batch(i, local)
-      return train.stack([pipeline.train_batch(i + j, local) for j in range(steps_per_call)])
+        return replicas.train_batch(pipeline, i, local, seeds)
+      return train.stack([replicas.train_batch(pipeline, i + j, local, seeds) for j in range(steps_per_call)])
 
     n = 20
     t = time.perf_counter()
     for _ in range(n):
       next_host_batch()
-    row["pipeline_images_per_sec"] = round(n * batch * steps_per_call / (time.perf_counter() - t), 1)
+    row["pipeline_images_per_sec"] = round(n * batch * steps_per_call * num_seeds / (time.perf_counter() - t), 1)
 
     def run_pipeline():  # as the train loop does: host batch, global array, dispatch
       batch_now = parallel.global_batch(next_host_batch(), mesh, leading_axes=lead)
@@ -154,7 +160,7 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
       return m
 
     runs["pipeline"] = run_pipeline
-  if torch:  # the PyTorch peer, timed in the same interleaved windows: the ratio is immune to machine drift
+  if torch and num_seeds == 1:  # the PyTorch peer, timed in the same interleaved windows: the ratio is immune to drift
     from src.bench_torch import torch_step
 
     torch_run, row["peer"] = torch_step(name, batch, shape)
@@ -165,8 +171,9 @@ def bench_case(name, batch, dtype, conv_impl, conv_chunk, scan, steps_per_call, 
   row.update(
       {
           "step_ms": round(1e3 * call_s / steps_per_call, 2),
-          "images_per_sec": round(batch * steps_per_call / call_s, 1),
-          "flops_per_step": reference_flops(name, batch, dtype, tuple(shape)),
+          "images_per_sec": round(batch * steps_per_call * num_seeds / call_s, 1),  # of all replicas together
+          "images_per_sec_per_replica": round(batch * steps_per_call / call_s, 1),
+          "flops_per_step": num_seeds * reference_flops(name, batch, dtype, tuple(shape)),
           "peak_memory_mb": round(peak_memory_bytes() / 2**20, 1),
           "backend": jax.default_backend(),
       }
@@ -231,6 +238,7 @@ def main(argv=None):
   p.add_argument("--scan", default="auto", help="auto, true, false (comma-separated to compare)")
   p.add_argument("--remat", default="false", help="--compile_only: false, true (comma-separated to compare)")
   p.add_argument("--steps_per_call", default="1")
+  p.add_argument("--num_seeds", default="1", help="replicas per program (src/replicas.py), e.g. 1,4,8")
   p.add_argument("--steps", type=int, default=10, help="steps per timing window (3 windows, median)")
   p.add_argument("--dataset", default="mnist5k", help="input pipeline for the pipeline columns ('' = skip)")
   p.add_argument("--data_dir", default=None)
@@ -278,8 +286,9 @@ def main(argv=None):
           for chunk in csv(a.conv_chunk, int):
             for scan in scans:
               for k in csv(a.steps_per_call, int):
-                peer = a.torch and name.startswith("cifar_") and dtype == "float32"
-                emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline, torch=peer))
+                for seeds in csv(a.num_seeds, int):
+                  peer = a.torch and name.startswith("cifar_") and dtype == "float32"
+                  emit(bench_case(name, batch, dtype, impl, chunk, scan, k, a.steps, pipeline, peer, seeds))
   keys = [
       "model",
       "batch",
@@ -288,9 +297,11 @@ def main(argv=None):
       "conv_chunk",
       "scan",
       "steps_per_call",
+      "num_seeds",
       "compile_s",
       "step_ms",
       "images_per_sec",
+      "images_per_sec_per_replica",
       "achieved_tflops",
       "peak_memory_mb",
       "pipeline_images_per_sec",

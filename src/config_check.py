@@ -163,6 +163,14 @@ def validate(config, *, device_count=None, process_count=None):
   steps = _positive_int(config, "num_steps")
   for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _positive_int(config, field)
+  if "num_seeds" in config:
+    _positive_int(config, "num_seeds")
+    _check(
+        config.num_seeds == 1 or config.data.name != "imagenet2012",
+        "num_seeds",
+        f"{config.num_seeds} replicas need a dataset held in memory (CIFAR-10, image folders, mnist5k): ImageNet's "
+        "streamed pipeline would read the data once per replica. Use num_seeds=1, or a sweep over seeds.",
+    )
   k = _positive_int(config, "steps_per_call")
   for field in ("num_steps", "log_every", "checkpoint_every"):
     _check(config[field] % k == 0, field, f"{config[field]} must be a multiple of steps_per_call ({k}).")

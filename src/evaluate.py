@@ -22,15 +22,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from src import checkpoint, data, models, paper, parallel, train
+from src import checkpoint, data, models, paper, parallel, replicas, train
 from src.cpu import xla_flags
 from src.config_check import ConfigError, validate
 from src.train import normalize
 
 
-def load_member(run_dir: str, num_classes: int):
-  """(model, variables, config) of a run directory's newest checkpoint, built from its own config.json,
-  so an ensemble can mix depths and shortcut options."""
+def load_members(run_dir: str, num_classes: int) -> list:
+  """[(model, variables, config)] of a run directory's newest checkpoint, built from its own config.json, so an
+  ensemble can mix depths and shortcut options: one per replica (config.replica) of a run of several seeds."""
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
     raise ConfigError(f"eval: {run_dir} holds no run (no config.json); train it first or fix eval.ensemble.")
@@ -38,8 +38,13 @@ def load_member(run_dir: str, num_classes: int):
     config = ml_collections.ConfigDict(json.load(f))
   state = checkpoint.load_saved_state(run_dir)
   model = train.build_model(config, num_classes=num_classes)
-  config.step = int(state["step"])
-  return model, {"params": state["params"], "batch_stats": state["batch_stats"]}, config
+  config.step = int(np.max(state["step"]))
+  out = []
+  for r, variables in enumerate(replicas.replica_variables(state, config)):
+    member = ml_collections.ConfigDict(config.to_dict())
+    member.replica = r
+    out.append((model, variables, member))
+  return out
 
 
 def _local_rows(x, mesh):
@@ -163,6 +168,15 @@ def _global_sum(counts: dict) -> dict:
   return dict(zip(keys, (int(v) for v in summed)))
 
 
+def _errors(probs, labels) -> dict:
+  counts = _global_sum(topk_errors(probs, labels))
+  return {
+      "top1_error": counts["top1"] / counts["count"],
+      "top5_error": counts["top5"] / counts["count"],
+      "count": counts["count"],
+  }
+
+
 def paper_error(config, protocol: str):
   """The paper's (top-1, top-5) error for this model and protocol, where it reports one."""
   table = {"ten_crop": paper.IMAGENET_10CROP, "multiscale": paper.IMAGENET_MULTISCALE}.get(protocol, {})
@@ -170,7 +184,8 @@ def paper_error(config, protocol: str):
 
 
 def run_eval(config, workdir: str, log=print) -> dict:
-  """Evaluates the newest checkpoint of `workdir` (with those of config.eval.ensemble: an ensemble)."""
+  """Evaluates the newest checkpoint of `workdir` (with those of config.eval.ensemble: an ensemble, every replica
+  of a run of several seeds a member). A run of several seeds alone: each replica on its own, and the mean."""
   validate(config)
   members = [workdir, *config.eval.ensemble]
   for run_dir in members:  # every member is checked before any data is read
@@ -179,10 +194,11 @@ def run_eval(config, workdir: str, log=print) -> dict:
   mesh = parallel.make_mesh()
   pid, nproc = jax.process_index(), jax.process_count()
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
-  loaded = [load_member(run_dir, ds.num_classes) for run_dir in members]
-  for run_dir, (_, _, member_config) in zip(members, loaded):
+  loaded = [(run_dir, *m) for run_dir in members for m in load_members(run_dir, ds.num_classes)]
+  for run_dir, _, _, member_config in loaded:
     if member_config.data.name != config.data.name:
       raise ConfigError(f"eval: {run_dir} was trained on {member_config.data.name}, not {config.data.name}.")
+  seeds_alone = len(members) == 1 and len(loaded) > 1  # the replicas of one run: each on its own
   results = {}
   for protocol in config.eval.protocols:
     outputs = [
@@ -195,27 +211,28 @@ def run_eval(config, workdir: str, log=print) -> dict:
             config.eval_batch_size // nproc,
             mesh,
         )
-        for model, variables, _ in loaded
+        for _, model, variables, _ in loaded
     ]
     labels = outputs[0][1]
     assert all(np.array_equal(labels, other) for _, other in outputs), "members saw different examples"
-    probs = np.mean([p for p, _ in outputs], axis=0)  # the ensemble: mean of the members' softmax
-    counts = _global_sum(topk_errors(probs, labels))
-    results[protocol] = {
-        "top1_error": counts["top1"] / counts["count"],
-        "top5_error": counts["top5"] / counts["count"],
-        "count": counts["count"],
-    }
+    if seeds_alone:
+      each = [_errors(probs, labels) for probs, _ in outputs]
+      stats = replicas.summary(each, ["top1_error", "top5_error"])
+      results[protocol] = {**stats, "count": each[0]["count"], "replicas": each}
+    else:
+      results[protocol] = _errors(np.mean([p for p, _ in outputs], axis=0), labels)  # the ensemble: mean softmax
     reference = paper_error(config, protocol) if len(members) == 1 else None
+    got = results[protocol]
+    spread = f" +- {100 * got['top1_error_std']:.2f} over {len(loaded)} seeds" if seeds_alone else ""
     log(
-        f"{config.eval.split} {protocol:10s} top-1 {100 * results[protocol]['top1_error']:6.2f}%  "
-        f"top-5 {100 * results[protocol]['top5_error']:6.2f}%  ({counts['count']} images)"
+        f"{config.eval.split} {protocol:10s} top-1 {100 * got['top1_error']:6.2f}%{spread}  "
+        f"top-5 {100 * got['top5_error']:6.2f}%  ({got['count']} images)"
         + (f"   paper: {reference[0]}% / {reference[1] or '-'}%" if reference else "")
     )
   out = {
       "members": [
-          {"workdir": os.path.abspath(m), "model": c.model.name, "step": c.step}
-          for m, (_, _, c) in zip(members, loaded)
+          {"workdir": os.path.abspath(m), "model": c.model.name, "step": c.step, "replica": c.replica}
+          for m, _, _, c in loaded
       ],
       "split": config.eval.split,
       "results": results,

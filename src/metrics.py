@@ -18,15 +18,24 @@ class MetricWriter:
     truncate_after(self.path, resume_step)
     self._tb_dir = os.path.join(workdir, "tb")
 
-  def write(self, step: int, scalars: dict):
+  def write(self, step: int, scalars):
+    """One row of `scalars` (a dict) at `step`; or, for several replicas (src/replicas.py), a list of one dict per
+    replica: one row each, with a 'replica' field (a list of one dict is a plain row). TensorBoard: the same
+    scalars, a replica's under 'replica<r>/'."""
     if not self.enabled:
       return
-    row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+    per_replica = [scalars] if isinstance(scalars, dict) else list(scalars)
+    several = len(per_replica) > 1
+    rows = [
+        {"step": int(step), **({"replica": r} if several else {}), **{k: float(v) for k, v in values.items()}}
+        for r, values in enumerate(per_replica)
+    ]
     with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write("".join(json.dumps(row) + "\n" for row in rows))
       f.flush()
       os.fsync(f.fileno())  # a row on disk before the checkpoint that covers it
-    self._tensorboard(step, scalars)
+    for r, values in enumerate(per_replica):
+      self._tensorboard(step, {(f"replica{r}/{k}" if several else k): v for k, v in values.items()})
 
   def _tensorboard(self, step, scalars):
     import tensorflow as tf  # already loaded by tfds; imported lazily so models/tests need not pay for it

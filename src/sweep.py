@@ -54,12 +54,16 @@ COLUMNS = (
     "model",
     "params",
     "steps",
+    "num_seeds",
     "train/error",
     "val/error",
     "test/error",
+    "best test/error",
     "paper test error",
     "wall_time_s",
 )
+# With several seeds (src/replicas.py) the error columns are means over replicas; their stds go to the CSV too.
+STD_COLUMNS = ("train/error_std", "val/error_std", "test/error_std")
 
 
 COPY_MARK = "†"  # beside Table 6's number: the run's data is an image-folder copy of CIFAR-10
@@ -71,7 +75,10 @@ def write_results(results, workdir: str):
   marked with a dagger and a note (errors expected somewhat above Table 6); the CSV names each run's data."""
   rows, copies = [], []
   for r in results:
-    row = {k: r.get(k) for k in COLUMNS}
+    row = {k: r.get(k) for k in COLUMNS + STD_COLUMNS}
+    row["num_seeds"] = r.get("num_seeds", 1)
+    # Best over replicas, as Table 6 gives ResNet-110's best of 5 runs; with one seed, the run's own.
+    row["best test/error"] = r.get("test/error_min", r.get("test/error"))
     # Table 6 is CIFAR-10: beside a run on other data (mnist5k) it would mislead.
     row["paper test error"] = paper.cifar_test_error(r)
     copy = paper.cifar10_data(r) == "copy"
@@ -80,15 +87,19 @@ def write_results(results, workdir: str):
       copies.append((r.get("data") or {}).get("dir"))
     rows.append((row, copy))
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=COLUMNS + ("data",))
+    w = csv.DictWriter(f, fieldnames=COLUMNS + STD_COLUMNS + ("data",))
     w.writeheader()
     w.writerows(row for row, _ in rows)
 
-  def fmt(key, v, copy):
+  def fmt(key, v, copy, row):
     if v is None:
       return "-"
     if key == "paper test error":
-      return f"{v:.2f}" + (COPY_MARK if copy else "")
+      runs = paper.CIFAR_TEST_ERROR_RUNS.get(row["model"])
+      spread = f" ({runs[0]:.2f} ± {runs[1]:.2f})" if runs else ""
+      return f"{v:.2f}" + (COPY_MARK if copy else "") + spread
+    if key.endswith("/error") and row["num_seeds"] > 1 and row.get(key + "_std") is not None:
+      return f"{100 * v:.2f} ± {100 * row[key + '_std']:.2f}"
     if key.endswith("/error"):
       return f"{100 * v:.2f}"
     if key == "params":
@@ -102,19 +113,22 @@ def write_results(results, workdir: str):
       "model",
       "params",
       "steps",
+      "seeds",
       "train err %",
       "val err %",
       "test err %",
+      "best test err %",
       "paper test err %",
       "wall time",
   ]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(fmt(k, row[k], copy) for k in COLUMNS) + " |" for row, copy in rows]
+  lines += ["| " + " | ".join(fmt(k, row[k], copy, row) for k in COLUMNS) + " |" for row, copy in rows]
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     datasets = sorted({str(row["data"]) for row, _ in rows})
     f.write(
-        f"# Results ({', '.join(datasets)})\n\nFinal errors of each run; the paper's column is Table 6 "
-        "(CIFAR-10 test error), shown for CIFAR-10 runs"
+        f"# Results ({', '.join(datasets)})\n\nFinal errors of each run (with several seeds: mean ± std over "
+        "them, and the best, as Table 6 reports ResNet-110: best (mean ± std) of 5 runs); the paper's column is "
+        "Table 6 (CIFAR-10 test error), shown for CIFAR-10 runs"
         + (f" and, marked {COPY_MARK}, for runs on an image-folder copy of CIFAR-10" if copies else " only")
         + ".\n\n"
     )

@@ -60,3 +60,15 @@ def assert_trees_bitwise_equal(a, b):
 @pytest.fixture
 def repo():
   return REPO
+
+
+@pytest.fixture
+def fake_allgather(monkeypatch):
+  """Stands in for process_allgather across processes: the given per-process (mean, count) values, stacked."""
+  from jax.experimental import multihost_utils
+
+  def install(shards):
+    local = [(im.mean(0, dtype=np.float64).astype(np.float32), np.int32(len(im))) for im in shards]
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda tree: tuple(np.stack(x) for x in zip(*local)))
+
+  return install

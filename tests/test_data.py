@@ -5,7 +5,6 @@ import time
 import ml_collections
 import numpy as np
 import pytest
-from jax.experimental import multihost_utils
 from numpy.lib.stride_tricks import sliding_window_view
 
 from src.data import DatasetMissingError, cifar, combine_means, get_dataset, mnist5k
@@ -25,17 +24,6 @@ def keys(images):
 @pytest.fixture(scope="module")
 def ds(fake_cifar10_dir):
   return get_dataset(config(fake_cifar10_dir), seed=3)
-
-
-@pytest.fixture
-def fake_allgather(monkeypatch):
-  """Stands in for process_allgather: returns the given per-process (mean, count) values stacked."""
-
-  def install(shards):
-    local = [(im.mean(0, dtype=np.float64).astype(np.float32), np.int32(len(im))) for im in shards]
-    monkeypatch.setattr(multihost_utils, "process_allgather", lambda tree: tuple(np.stack(x) for x in zip(*local)))
-
-  return install
 
 
 def test_fake_cifar_round_trips_through_tfds(fake_cifar10_dir):

@@ -11,7 +11,6 @@ import tarfile
 import ml_collections
 import numpy as np
 import pytest
-from jax.experimental import multihost_utils
 from PIL import Image
 
 from src import paper
@@ -68,17 +67,6 @@ def keys(images):
 @pytest.fixture(scope="module")
 def ds(cifar_jpeg_dir):
   return get_dataset(config(cifar_jpeg_dir), seed=0)
-
-
-@pytest.fixture
-def fake_allgather(monkeypatch):
-  """Stands in for process_allgather across processes: the given per-process (mean, count) values, stacked."""
-
-  def install(shards):
-    local = [(im.mean(0, dtype=np.float64).astype(np.float32), np.int32(len(im))) for im in shards]
-    monkeypatch.setattr(multihost_utils, "process_allgather", lambda tree: tuple(np.stack(x) for x in zip(*local)))
-
-  return install
 
 
 def test_shapes_labels_and_class_order(ds, cifar_jpeg_dir):

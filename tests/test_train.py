@@ -89,7 +89,10 @@ def test_resume_after_sigkill_is_bitwise_identical(fake_cifar10_dir, tmp_path):
         ("--config=configs/cifar_resnet.py:depth=21", "6n+2"),
         ("--config.model.name=cifar_resnet21", "6n+2"),
         ("--config.model.name=resnet_9000", "Valid names"),
-        ("--config.data.name=svhn", "config.data.name: must be one of ['cifar10', 'mnist5k', 'image_folder', 'imagenet2012']"),
+        (
+            "--config.data.name=svhn",
+            "config.data.name: must be one of ['cifar10', 'mnist5k', 'image_folder', 'imagenet2012']",
+        ),
         ("--config.batch_size=30", "config.model.bn_group_size: must divide batch_size 30"),
         ("--config.no_such_field=1", "no_such_field"),
         ("--config.model.shortcut=D", "config.model.shortcut"),

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from src import data, models
+from src import data, models, replicas
 from src.analysis.runs import IMAGENET, load_runs
 from src.checkpoint import load_saved_state
 from src.train import normalize
@@ -45,13 +45,12 @@ def ordered_responses(tree, prefix=""):
   return out
 
 
-def _load(run_dir):
+def _load(run_dir, replica=0):
   with open(os.path.join(run_dir, "config.json")) as f:
     config = ml_collections.ConfigDict(json.load(f))
   ds = data.get_dataset(config.data, seed=config.seed)
   model = models.model_from_config(config.model, num_classes=ds.num_classes)
-  state = load_saved_state(run_dir)
-  return ds, model, {"params": state["params"], "batch_stats": state["batch_stats"]}
+  return ds, model, replicas.replica_variables(load_saved_state(run_dir), config)[replica]
 
 
 def _moments(model):
@@ -71,10 +70,13 @@ def _moments(model):
   return jax.jit(moments)
 
 
-def layer_response_std(run_dir: str, split: str = "test", num_images: int = 500, return_names: bool = False):
+def layer_response_std(
+    run_dir: str, split: str = "test", num_images: int = 500, return_names: bool = False, replica: int = 0
+):
   """Per-layer response std (numpy, in layer order) of the run's newest checkpoint on the first `num_images`
-  images of `split`; with return_names, also the layer names (e.g. 'stage2/block0/conv1')."""
-  ds, model, variables = _load(run_dir)
+  images of `split`; with return_names, also the layer names (e.g. 'stage2/block0/conv1'). `replica`: which seed
+  of a run of several (src/replicas.py)."""
+  ds, model, variables = _load(run_dir, replica)
   moments = _moments(model)
   sums, names, seen = None, None, 0
   for batch in ds.eval_batches(split, min(num_images, 250)):

@@ -11,15 +11,27 @@ def _colors(df):
   return {d: COLORS(i % 10) for i, d in enumerate(sorted(df["depth"].dropna().unique()))}
 
 
+def over_seeds(run, key):
+  """(step, mean, min, max) of `key` over a run's replicas at each logged step (one replica: min = max = mean)."""
+  curve = run.dropna(subset=[key]).groupby("step")[key].agg(["mean", "min", "max"]).reset_index()
+  return curve["step"], curve["mean"], curve["min"], curve["max"]
+
+
+def _curve(ax, run, key, style, lw, color, label=None):
+  """The mean over seeds, and a band from the lowest to the highest seed where a run has several."""
+  step, mean, low, high = over_seeds(run, key)
+  ax.plot(step, mean, style, lw=lw, color=color, label=label)
+  if "replica" in run and run["replica"].nunique() > 1:
+    ax.fill_between(step, low, high, color=color, alpha=0.2, lw=0)
+
+
 def _curves(ax, df, net, eval_key, colors):
   runs = df[df["net"] == net]
   for depth in sorted(runs["depth"].dropna().unique()):
     run = runs[runs["depth"] == depth].sort_values("step")
-    train = run.dropna(subset=["train/error"])
-    ax.plot(train["step"], train["train/error"], "--", lw=0.8, color=colors[depth])  # thin dashed: training
+    _curve(ax, run, "train/error", "--", 0.8, colors[depth])  # thin dashed: training
     if eval_key in run:
-      ev = run.dropna(subset=[eval_key])
-      ax.plot(ev["step"], ev[eval_key], "-", lw=2.2, color=colors[depth], label=f"{LABELS[net]}-{depth}")
+      _curve(ax, run, eval_key, "-", 2.2, colors[depth], label=f"{LABELS[net]}-{depth}")
   ax.set_xlabel("iterations")
   ax.set_ylabel("error (%)")
   ax.set_title(f"{LABELS[net]} nets" if net == "plain" else "ResNets")
@@ -29,7 +41,8 @@ def _curves(ax, df, net, eval_key, colors):
 
 
 def plot_fig6(df, eval_key="test/error"):
-  """Fig. 6: plain nets (left), ResNets (right); thin dashed = training error, bold = `eval_key` error."""
+  """Fig. 6: plain nets (left), ResNets (right); thin dashed = training error, bold = `eval_key` error. Runs of
+  several seeds: the mean over them, in a band from the lowest to the highest seed."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
   colors = _colors(df)
   for ax, net in zip(axes, ("plain", "resnet")):
@@ -54,8 +67,7 @@ def plot_fig1(df):
     run = plain[plain["depth"] == depth].sort_values("step")
     for ax, key in zip(axes, ("train/error", "test/error")):
       if key in run:
-        r = run.dropna(subset=[key])
-        ax.plot(r["step"], r[key], color=COLORS(i), lw=1.8, label=f"{depth}-layer")
+        _curve(ax, run, key, "-", 1.8, COLORS(i), label=f"{depth}-layer")
   for ax, name in zip(axes, ("training error (%)", "test error (%)")):
     ax.set_xlabel("iterations")
     ax.set_ylabel(name)

@@ -6,7 +6,7 @@ import re
 
 import pandas as pd
 
-from src import paper
+from src import paper, replicas
 from src.metrics import read_metrics
 
 IMAGENET = "imagenet2012"  # config.data.name of ImageNet runs (Fig. 4, Tables 2-4)
@@ -37,7 +37,20 @@ def describe(model_name: str) -> dict:
 
 
 def _is_error(key: str) -> bool:
-  return "/" in key and key.endswith("error")  # train/error, val/error, test/error, val/top5_error, ...
+  # train/error, val/error, test/error, val/top5_error, ...; over several seeds also test/error_std, test/error_min
+  return "/" in key and key.endswith(("error", "error_std", "error_min"))
+
+
+def _newest(rows: list) -> dict:
+  """The newest value of each metric in metrics.jsonl rows (an unfinished run's latest numbers); over several seeds
+  (rows with a 'replica'), each replica's newest, then their mean, std and min (src.replicas.summary)."""
+  per_replica = {}
+  for r in rows:
+    per_replica.setdefault(r.get("replica", 0), {}).update(r)
+  if len(per_replica) <= 1:
+    return next(iter(per_replica.values()), {})
+  runs = list(per_replica.values())
+  return {"step": max(r.get("step", 0) for r in runs), **replicas.summary(runs)}
 
 
 def load_runs(workdir: str) -> pd.DataFrame:
@@ -50,9 +63,7 @@ def load_runs(workdir: str) -> pd.DataFrame:
     config, result = _json(os.path.join(d, "config.json")), _json(os.path.join(d, "result.json"))
     model = result.get("model") or config.get("model", {}).get("name", "")
     dataset = result.get("dataset") or config.get("data", {}).get("name")
-    last = {}
-    for r in read_metrics(os.path.join(d, "metrics.jsonl")):  # newest value of each metric: unfinished runs
-      last.update(r)
+    last = _newest(read_metrics(os.path.join(d, "metrics.jsonl")))  # unfinished runs: their newest numbers
     last.update({k: v for k, v in result.items() if _is_error(k)})  # a finished run's own final numbers win
     run = os.path.basename(os.path.normpath(d))
     row = {
@@ -65,6 +76,7 @@ def load_runs(workdir: str) -> pd.DataFrame:
         "dataset": dataset,
         "copy_of": (result.get("data") or {}).get("copy_of"),
         "params": result.get("params"),
+        "num_seeds": result.get("num_seeds", config.get("num_seeds", 1)),
         "steps": result.get("steps", last.get("step")),
         "finished": bool(result),
         "wall_time_s": result.get("wall_time_s"),
@@ -78,7 +90,8 @@ def load_runs(workdir: str) -> pd.DataFrame:
 
 def load_metrics(workdir: str) -> pd.DataFrame:
   """Every logged row of every run, wide: run, net, depth, dataset, step, then one column per metric as in
-  metrics.jsonl (train/error every log_every steps; val/ and test/ columns only at evaluations, else NaN)."""
+  metrics.jsonl (train/error every log_every steps; val/ and test/ columns only at evaluations, else NaN; a
+  'replica' column in runs of several seeds, one row per replica and step)."""
   frames = []
   for run in load_runs(workdir).itertuples():
     df = pd.DataFrame(read_metrics(os.path.join(run.dir, "metrics.jsonl")))
@@ -96,10 +109,14 @@ def load_metrics(workdir: str) -> pd.DataFrame:
 def table6(workdir: str) -> pd.DataFrame:
   """Table 6: each run's test error beside the paper's (only CIFAR-10 ResNets have a paper number). Where a run's
   data is an image-folder copy of CIFAR-10, a `copy_of` column says so: its errors are expected somewhat above
-  the paper's (src.paper.CIFAR10_COPY_NOTE)."""
+  the paper's (src.paper.CIFAR10_COPY_NOTE). Runs of several seeds give the mean over them, `test/error_std` and
+  the best, `test/error_min`: Table 6 gives ResNet-110 as best (mean +- std) of 5 runs, 6.43 (6.61 +- 0.16)."""
   runs = load_runs(workdir)
   runs = runs[runs["dataset"] != IMAGENET].sort_values(["net", "depth"])
   cols = ["run", "model", "dataset", "params", "steps", "train/error", "val/error", "test/error", "paper test/error"]
+  if (runs["num_seeds"] > 1).any():
+    cols[cols.index("test/error") + 1 : cols.index("test/error") + 1] = ["test/error_std", "test/error_min"]
+    cols.insert(cols.index("steps"), "num_seeds")
   if runs["copy_of"].notna().any():
     cols.insert(3, "copy_of")
   out = runs[[c for c in cols if c in runs]].reset_index(drop=True)

@@ -90,23 +90,27 @@ class InMemoryDataset:
   def num_examples(self, split: str) -> int:
     return self._sizes[split]
 
-  def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:  # a cache only: the permutation is a function of its key
-      if len(self._perms) > 4:
+  def _permutation(self, seed: int, epoch: int) -> np.ndarray:
+    key = (seed, epoch)
+    if key not in self._perms:  # a cache only: the permutation is a function of its key
+      if len(self._perms) > 16:
         self._perms.clear()
-      rng = np.random.default_rng([self.seed, 0, epoch, self.process_index])
-      self._perms[epoch] = rng.permutation(len(self.train_labels))
-    return self._perms[epoch]
+      rng = np.random.default_rng([seed, 0, epoch, self.process_index])
+      self._perms[key] = rng.permutation(len(self.train_labels))
+    return self._perms[key]
 
-  def train_batch(self, step: int, local_batch_size: int) -> dict:
-    """Batch `step` of the endless stream of per-epoch permutations of this process's shard."""
+  def train_batch(self, step: int, local_batch_size: int, seed: int = None) -> dict:
+    """Batch `step` of the endless stream of per-epoch permutations of this process's shard: uint8 images
+    [b, H, W, C], int32 labels [b]. `seed` (default: the run's) picks the stream: another seed, another run's data
+    order and augmentation (src/replicas.py)."""
+    seed = self.seed if seed is None else seed
     n = len(self.train_labels)
     epochs, offsets = np.divmod(np.arange(step * local_batch_size, (step + 1) * local_batch_size), n)
     idx = np.empty(local_batch_size, np.int64)
     for epoch in np.unique(epochs):  # a batch can straddle epoch boundaries
       sel = epochs == epoch
-      idx[sel] = self._permutation(int(epoch))[offsets[sel]]
-    rng = np.random.default_rng([self.seed, 1, step, self.process_index])  # stream 1: augmentation
+      idx[sel] = self._permutation(seed, int(epoch))[offsets[sel]]
+    rng = np.random.default_rng([seed, 1, step, self.process_index])  # stream 1: augmentation
     images = random_crop_flip(self.train_images[idx], rng, self.pad, self.flip)
     return {"image": images, "label": self.train_labels[idx]}
 
