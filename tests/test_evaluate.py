@@ -9,7 +9,7 @@ import pytest
 
 from configs.common import cifar_recipe
 from src import data, models, optim
-from src.evaluate import load_member, topk_errors
+from src.evaluate import load_members, topk_errors
 from src.train import normalize
 from tests.conftest import run_main, tiny_cifar_args
 from tests.test_train import read_jsonl
@@ -82,7 +82,7 @@ def test_ensemble_is_the_mean_of_its_members_softmax(fake_cifar10_dir, tmp_path)
   images, labels = ds.eval_data["test"]
   probs = []
   for workdir in members:
-    model, variables, _ = load_member(str(workdir), 10)
+    ((model, variables, _),) = load_members(str(workdir), 10)
     probs.append(np.asarray(jax.nn.softmax(model.apply(variables, normalize(images, ds.mean), train=False))))
   ensemble = np.mean(probs, axis=0)
   want = topk_errors(ensemble, labels)
@@ -147,7 +147,7 @@ def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tm
       }
   )
   ds = data.get_dataset(cfg, seed=0)
-  model, variables, _ = load_member(str(tmp_path), 1000)
+  ((model, variables, _),) = load_members(str(tmp_path), 1000)
   softmax = lambda x, mean: np.asarray(jax.nn.softmax(model.apply(variables, normalize(x, mean), train=False)))
   mesh = parallel.make_mesh()
 
