@@ -254,7 +254,13 @@ def test_image_dir_presets_scale_the_papers_schedule():
     validate(run_config(sweep, overrides), device_count=1, process_count=1)
   full = cifar_resnet.get_config("image_dir=/data/cifar10-jpeg")  # no steps: the paper's 64k schedule
   assert (full.num_steps, tuple(full.schedule.boundaries), full.eval_every) == (64000, (32000, 48000), 2000)
-  assert cifar_depth_sweep.get_config("mnist5k").num_steps == 300  # the mnist5k default is unchanged
+  quick = cifar_depth_sweep.get_config("mnist5k")  # the quick start's preset (README): its own batch, lr and length
+  assert (quick.num_steps, quick.batch_size, quick.schedule.base_lr, tuple(quick.schedule.boundaries)) == (
+      400,
+      64,
+      0.02,
+      (200, 300),
+  )
   with pytest.raises(ValueError, match="give one of them"):
     cifar_depth_sweep.get_config("mnist5k,image_dir=/data/x")
   spec = "configs/cifar_depth_sweep.py:image_dir=/data/cifar10-jpeg/,steps=8000"
