@@ -5,7 +5,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 
 from tests.conftest import run_main, tiny_cifar_args
