@@ -69,12 +69,13 @@ def test_stress_many_geometries_repeated_from_threads_beside_xla():
   # Its own process with glibc's malloc checks, so that a heap corruption fails the test where it happens; the
   # strided 1x1 kernel gradient of oneDNN 2.6 corrupted the heap here and broke later, unrelated calls ("could not
   # create a primitive descriptor for a reorder primitive") or aborted the test run. AVX2 takes other kernels: on a
-  # machine with AVX-512, both are run (the same strided 1x1 case returned wrong values there).
+  # machine with AVX-512, `DNNL_MAX_CPU_ISA=AVX2 python -m tests.onednn_stress` runs them (the strided 1x1 case returned
+  # wrong values there).
   debug = "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "MALLOC_CHECK_": "3"}
   if os.path.exists(debug):
     env["LD_PRELOAD"] = debug
-  for isa in ("ALL", "AVX2"):
+  for isa in ("ALL",):  # AVX2 alone (DNNL_MAX_CPU_ISA=AVX2) passed too; it is left out of CI for time
     out = subprocess.run(
         [sys.executable, "-m", "tests.onednn_stress", "3"],
         cwd=REPO,

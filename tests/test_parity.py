@@ -74,8 +74,10 @@ class Case:
 
 R20 = ref.Arch("cifar", 20)
 IMPLS = ["xla", "cpu"] + (["onednn"] if ONEDNN else [])
+# Every conv_impl is held to the reference through one path at least: cpu through `apply`, xla and onednn through
+# the train step below (which runs the same apply inside it); a second path each would add minutes of CI for little.
 APPLY_CASES = [
-    *[Case("cifar_resnet20", R20, conv_impl=impl) for impl in IMPLS],
+    Case("cifar_resnet20", R20, conv_impl="cpu"),
     Case("cifar_plain20", dataclasses.replace(R20, residual=False)),
     Case("cifar_resnet20", dataclasses.replace(R20, shortcut="B", group=16), (("shortcut", "B"),)),
     Case("cifar_resnet20", dataclasses.replace(R20, shortcut="C"), (("shortcut", "C"),)),
@@ -87,10 +89,8 @@ APPLY_CASES = [
     Case("resnet18", ref.Arch("imagenet", 18, shortcut="A", group=8), (("shortcut", "A"),), batch=16, size=64),
     Case("cifar_resnet20", R20, dtype="bfloat16"),
 ]
-TRAIN_CASES = [  # conv_impl='cpu' is held to the reference through `apply` above
+TRAIN_CASES = [  # plain nets, scanned stages, BN groups and shortcuts B/C are held to the reference through `apply`
     *[Case("cifar_resnet20", R20, conv_impl=impl) for impl in IMPLS if impl != "cpu"],
-    Case("cifar_plain20", dataclasses.replace(R20, residual=False, group=16)),
-    Case("cifar_resnet20", R20, (("scan", "true"),)),
     Case("cifar_resnet20", R20, dtype="bfloat16"),
 ]
 
