@@ -276,15 +276,21 @@ def abstract(state):
 
 def load_saved_state(run_dir: str, step: int = None):
   """The train state of a run's checkpoint (newest if `step` is None) on this process's first device,
-  whatever devices wrote it; for analysis and tests (the train loop restores through Checkpoints)."""
+  whatever devices wrote it; for analysis and tests (the train loop restores through Checkpoints). Raises
+  FileNotFoundError, naming the steps there are, when the run has no checkpoint (of that step)."""
   ckpt_dir = os.path.join(os.path.abspath(run_dir), "checkpoints")  # Orbax wants absolute paths
   steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
   if not steps:
     raise FileNotFoundError(f"No checkpoint in {ckpt_dir}.")
-  path = os.path.join(ckpt_dir, str(steps[-1] if step is None else step), "state")
-  checkpointer = ocp.StandardCheckpointer()
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"No checkpoint of step {step} in {ckpt_dir}; its checkpoints are of steps {steps}.")
+  path = epath.Path(ckpt_dir) / str(steps[-1] if step is None else step) / "state"
+  # The item's handler, as Checkpoints.restore: a Checkpointer would look for step metadata inside the item and
+  # log a warning for every checkpoint read.
+  handler = ocp.StandardCheckpointHandler()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), checkpointer.metadata(path).item_metadata
-  )
-  return checkpointer.restore(path, target)
+  try:
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), handler.metadata(path))
+    return handler.restore(path, args=ocp.args.StandardRestore(target))
+  finally:
+    handler.close()

@@ -41,6 +41,19 @@ def run_main(args, timeout=300, env=None, check=True):
   return proc
 
 
+def start_main(args, **kw):
+  """python -m src.main started in the background (for tests that signal it), its output unbuffered in .stdout."""
+  return subprocess.Popen(
+      [sys.executable, "-m", "src.main", *args],
+      cwd=REPO,
+      env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1"},
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      **kw,
+  )
+
+
 def load_state(run_dir, step=None):
   """The train state saved in a run's checkpoint (newest if step is None)."""
   from src.checkpoint import load_saved_state

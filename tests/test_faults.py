@@ -14,7 +14,7 @@ import pytest
 
 from configs.common import cifar_recipe
 from src.config_check import ConfigError, validate
-from tests.conftest import REPO, assert_trees_bitwise_equal, load_state, run_main, tiny_cifar_args
+from tests.conftest import REPO, assert_trees_bitwise_equal, load_state, run_main, start_main, tiny_cifar_args
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
@@ -22,18 +22,6 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 def metric_steps(run_dir):
   with open(os.path.join(run_dir, "metrics.jsonl")) as f:
     return [json.loads(line)["step"] for line in f if line.strip()]
-
-
-def start(args, **kw):
-  return subprocess.Popen(
-      [sys.executable, "-m", "src.main", *args],
-      cwd=REPO,
-      env=ENV,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-      **kw,
-  )
 
 
 def wait_for_step(proc, run_dir, step, timeout=240):
@@ -59,7 +47,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(fake_cifar10
   rng = random.Random(1234)
   kills = 0
   for target in sorted(rng.sample([5, 10, 15, 20], 3)):
-    proc = start(args)
+    proc = start_main(args)
     # A random moment after step `target` is logged: mid-step, mid-evaluation or mid-(async)-save.
     wait_for_step(proc, tmp_path, target)
     time.sleep(rng.uniform(0.0, 0.3))

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import tarfile
 
 import ml_collections
@@ -16,7 +17,7 @@ from PIL import Image
 from src import paper
 from src.config_check import ConfigError, validate
 from src.data import DatasetMissingError, get_dataset, image_folder
-from tests.conftest import REPO, run_main
+from tests.conftest import REPO, run_main, start_main
 
 ARCHIVE = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10-jpeg.tar.gz")
 PER_CLASS = {"train": 100, "test": 20}  # images numbered below this, of each class: 1,000 train, 200 test
@@ -313,25 +314,43 @@ def pd_isna(v):
   return v is None or v != v
 
 
-def test_depth_sweep_on_the_image_folder_end_to_end(cifar_jpeg_dir, tmp_path):
+def test_depth_sweep_on_the_image_folder_end_to_end_through_a_sigterm(cifar_jpeg_dir, tmp_path):
+  """The sweep as a user runs it, preempted (SIGTERM) as its second run starts: the first run's result stays, the
+  second saves its step and the process exits 0; started again, the sweep skips the first run and resumes the second."""
   workdir = tmp_path / "sweep"
   steps = 4
-  run_main(
-      [
-          f"--config=configs/cifar_depth_sweep.py:image_dir={cifar_jpeg_dir},steps={steps},depths=8",
-          f"--workdir={workdir}",
-          "--config.data.val_size=100",
-          "--config.batch_size=16",
-          "--config.eval_batch_size=64",
-          "--config.model.bn_group_size=16",
-          "--config.log_every=2",
-          "--config.eval_every=4",
-          "--config.checkpoint_every=4",
-      ]
-  )
+  args = [
+      f"--config=configs/cifar_depth_sweep.py:image_dir={cifar_jpeg_dir},steps={steps},depths=8",
+      f"--workdir={workdir}",
+      "--config.data.val_size=100",
+      "--config.batch_size=16",
+      "--config.eval_batch_size=64",
+      "--config.model.bn_group_size=16",
+      "--config.log_every=2",
+      "--config.eval_every=4",
+      "--config.checkpoint_every=4",
+  ]
+  proc = start_main(args)
+  out = []
+  for line in proc.stdout:  # the second run is loading its data or compiling: its first step is seconds away
+    out.append(line)
+    if line.startswith("[2/2] resnet8: training"):
+      proc.send_signal(signal.SIGTERM)
+      break
+  out.append(proc.communicate(timeout=300)[0])
+  log = "".join(out)
+  assert proc.returncode == 0, log[-3000:]
+  said = re.findall(r"SIGTERM: saved the checkpoint of step (\d+)", log)
+  assert len(said) == 1 and 1 <= int(said[0]) < steps, log[-3000:]
+  assert (workdir / "plain8" / "result.json").exists() and not (workdir / "resnet8" / "result.json").exists()
+  assert os.listdir(workdir / "resnet8" / "checkpoints") == [said[0]]
+
+  log = run_main(args).stdout
+  assert "[1/2] plain8: done already, skipped." in log and f"at step {said[0]}." in log
   for run in ("plain8", "resnet8"):
     rows = [json.loads(line) for line in (workdir / run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [2, 4] and "test/error" in rows[1]
+    stopped = [int(said[0])] if run == "resnet8" and int(said[0]) != 2 else []  # a row at the step it saved
+    assert [r["step"] for r in rows] == sorted(stopped + [2, 4]) and "test/error" in rows[-1]
     result = json.loads((workdir / run / "result.json").read_text())
     assert result["steps"] == steps and result["dataset"] == "image_folder" and 0 <= result["test/error"] <= 1
     assert result["data"]["copy_of"] == "cifar10" and result["data"]["dir"] == cifar_jpeg_dir
