@@ -13,7 +13,7 @@ Expected result (Table 6 test error): ResNet-20/32/44/56/110 8.75 / 7.51 / 7.17 
 worse with depth (Fig. 6). Time: 9 runs x 64k steps, roughly 10 GPU-hours on one modern GPU.
 
 The mnist5k preset: plain-20, plain-56, ResNet-20, ResNet-56, 400 steps of batch 64 at lr 0.02 on 4,000 digits
-(500 val, 500 test); about 8 min in all on a 2-core CPU with oneDNN. Expected (seed 0, test error): plain-20 2.4%,
+(500 val, 500 test); 7.6 min in all on a 2-core CPU with oneDNN. Expected (seed 0, test error): plain-20 2.4%,
 plain-56 55% (training error 60%: the degradation problem), ResNet-20 4.4%, ResNet-56 3.0%. With
 --config.num_seeds=3: 2.9 +- 0.4, 51 +- 16, 4.1 +- 0.6, 2.8 +- 0.4% (README, Quick start).
 
