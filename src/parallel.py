@@ -18,7 +18,7 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   import os
 
   # JAX's preemption notifier would take SIGTERM for itself (and swallow it where nothing asks it); the train
-  # loop's own handler and its agreement over processes (train._Preemption) stop every process at one step.
+  # loop's own handler and its agreement over processes (train.Preemption) stop every process at one step.
   jax.config.update("jax_enable_preemption_service", False)
   if coordinator_address:
     jax.distributed.initialize(

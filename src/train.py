@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Optional
 
 import flax
 import jax
@@ -165,7 +165,7 @@ def jit_eval_step(config, model, mean, mesh):
   return jax.jit(step, out_shardings=parallel.replicated(mesh), compiler_options=xla_flags.compiler_options())
 
 
-class _Preemption:
+class Preemption:
   """SIGTERM (preemption on TPU pods / SLURM): every process stops after the same step, saves it and exits 0.
 
   One process stops after the step it is in. Schedulers signal the hosts of a job a few steps apart, or only one
@@ -185,6 +185,10 @@ class _Preemption:
 
   def _handler(self, signum, frame):
     self.requested = True
+
+  def new_run(self):
+    """Forgets the previous run's pending check (its mesh and step count); keeps a SIGTERM already received."""
+    self._pending, self._combine = None, None
 
   def stop_after(self, calls: int, steps_per_call: int, mesh) -> bool:
     """Whether to save and stop after the train step call number `calls` (1, 2, ... since the loop started).
@@ -350,21 +354,27 @@ def _plateau_step(config, state, rows, mesh, progress):
   return state.replace(plateau=parallel.replicate(stacked, mesh))
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str, preempt: Optional[Preemption] = None) -> dict:
   """Trains the run of `config` in `workdir`, resuming from its newest checkpoint; returns its final metrics.
 
+  `preempt`: the SIGTERM handler of a caller that runs several trainings (src/sweep.py), so that a SIGTERM between
+  two of them stops the next one at its first step; by default this run installs its own and removes it at the end.
   Raises ConfigError (a bad config, or a workdir that holds another experiment), DivergedError,
   CheckpointWriteError, checkpoint.CheckpointReadError; SystemExit(0) after saving on SIGTERM.
   """
-  validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
-  preempt = _Preemption()  # from the start: a SIGTERM while data loads or steps compile stops at the first step
+  own = preempt is None
+  if own:  # from the start: a SIGTERM while data loads or steps compile stops at the first step
+    preempt = Preemption()
+  preempt.new_run()
   try:
+    validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
     return _train(config, workdir, preempt)
   finally:
-    preempt.restore()
+    if own:
+      preempt.restore()
 
 
-def _train(config, workdir: str, preempt: _Preemption) -> dict:
+def _train(config, workdir: str, preempt: Preemption) -> dict:
   mesh = parallel.make_mesh()
   pid, nproc = jax.process_index(), jax.process_count()
   local_batch = config.batch_size // nproc
