@@ -38,22 +38,19 @@ def run_sweep(config, workdir: str, log=print):
   preempt = Preemption()  # one SIGTERM handler for the whole sweep: a signal between two runs stops the next
   try:
     for i, run in enumerate(runs):
-      results.append(_run(i, run, runs, workdir, log, preempt))
+      run_dir = os.path.join(workdir, run.name)
+      result_path = os.path.join(run_dir, "result.json")
+      if os.path.exists(result_path):
+        with open(result_path) as f:
+          results.append(json.load(f))
+        log(f"[{i + 1}/{len(runs)}] {run.name}: done already, skipped.")
+        continue
+      log(f"[{i + 1}/{len(runs)}] {run.name}: training {run.model.name} for {run.num_steps} steps in {run_dir}")
+      results.append(train_and_evaluate(run, run_dir, preempt))
   finally:
     preempt.restore()
   write_results(results, workdir)
   return results
-
-
-def _run(i, run, runs, workdir, log, preempt):
-  run_dir = os.path.join(workdir, run.name)
-  result_path = os.path.join(run_dir, "result.json")
-  if os.path.exists(result_path):
-    with open(result_path) as f:
-      log(f"[{i + 1}/{len(runs)}] {run.name}: done already, skipped.")
-      return json.load(f)
-  log(f"[{i + 1}/{len(runs)}] {run.name}: training {run.model.name} for {run.num_steps} steps in {run_dir}")
-  return train_and_evaluate(run, run_dir, preempt)
 
 
 COLUMNS = (
