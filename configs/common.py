@@ -52,6 +52,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.batch_size = 128
   c.eval_batch_size = 1024  # a power of two: divisible by any device count up to 1024
   c.num_steps = 64_000  # about 182 epochs of 45k images
+  c.time_limit_minutes = 0.0  # > 0: save and exit 0 before this wall-clock budget is spent (README, Long runs)
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "step"  # 'step': x factor at the boundaries; 'plateau': when val error plateaus

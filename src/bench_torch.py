@@ -1,14 +1,18 @@
 """The PyTorch eager peer of the CIFAR nets (PyTorch is optional, not a dependency): timed beside the JAX step by
-`python -m src.bench --torch`, and trained on an image folder by this module, as an independent cross-check of
-the early training curves (README, "Your own data"):
+`python -m src.bench --torch`, and trained on an image folder by this module with the paper's recipe, as an
+independent cross-check of this project's numbers (README, Reproduction):
 
-  python -m src.bench_torch --image_dir=/tmp/cifar10-jpeg --depth=56 --steps=400
+  python -m src.bench_torch --image_dir=/tmp/cifar10-jpeg --depth=20 --steps=16000 --workdir=runs/peer-r20-16k
 
 The same network as src/models/cifar.py: 3x3 convs (16/32/64), BN, ReLU, option-A shortcuts (stride-2
-subsample + zero channel padding), global average pool, FC; SGD momentum 0.9, weight decay 1e-4; fp32.
+subsample + zero channel padding), global average pool, FC; SGD momentum 0.9, weight decay 1e-4; fp32. The
+workdir gets the files src.main writes (config.json, metrics.jsonl, result.json) so that src.analysis and
+src.report read the peer as one more run; started again it resumes from its checkpoint (peer.pt), and
+--time_limit_minutes ends a start early with the checkpoint saved, as src.main's does.
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -77,37 +81,136 @@ def torch_step(name, batch, shape=(32, 32, 3)):
   return step, f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads"
 
 
-def train_curve(image_dir: str, depth: int, steps: int, seed: int = 0, log=print) -> list:
-  """Trains the peer ResNet-`depth` with the paper's CIFAR recipe at lr 0.1 (Sec. 4.2) and returns the mean
-  training error (a fraction) of each 100 steps, as src.train logs it.
-
-  Shares no code with src/data or src/train: Pillow decodes <image_dir>/train/<class>/<image> (classes in sorted
-  order), 45,000 images drawn by a permutation, per-pixel mean subtracted, batches of 128 drawn with replacement,
-  pad 4 + random 32x32 crop + horizontal flip, BN over groups of 64 (the paper's per-GPU BN), He init (fan-in) of
-  the convolutions. Raises FileNotFoundError if <image_dir>/train is missing.
-  """
+def load_folder(root: str):
+  """uint8 [N, H, W, 3] images and int64 labels of <root>/<class>/<image>, classes in sorted order, decoded by
+  Pillow (its own reading: no code shared with src/data). Hidden files and folders are skipped."""
   from PIL import Image
 
-  torch.manual_seed(seed)
-  root = os.path.join(image_dir, "train")
   images, labels = [], []
-  for label, name in enumerate(sorted(os.listdir(root))):
-    for f in sorted(os.listdir(os.path.join(root, name))):
+  classes = sorted(c for c in os.listdir(root) if not c.startswith("."))
+  for label, name in enumerate(classes):
+    for f in sorted(f for f in os.listdir(os.path.join(root, name)) if not f.startswith(".")):
       with Image.open(os.path.join(root, name, f)) as im:
         images.append(np.asarray(im.convert("RGB")))
       labels.append(label)
-  keep = np.random.RandomState(0).permutation(len(images))[:45000]
-  x = np.stack(images)[keep].astype(np.float32) / 255.0
-  x = torch.from_numpy(x - x.mean(0)).permute(0, 3, 1, 2).contiguous()
-  y = torch.from_numpy(np.array(labels)[keep])
-  model = CifarResNet(depth)
+  return np.stack(images), np.array(labels, np.int64)
+
+
+def _write_json(path, obj):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_peer(
+    image_dir: str,
+    depth: int,
+    steps: int,
+    workdir: str,
+    seed: int = 0,
+    val_size: int = 5000,
+    time_limit_minutes: float = 0.0,
+    log=print,
+) -> dict:
+  """Trains the peer ResNet-`depth` with the paper's CIFAR-10 recipe (Sec. 4.2), its schedule scaled to `steps`
+  (lr 0.1, x0.1 at 50% and 75% of the steps), and returns its final errors (fractions), also in
+  <workdir>/result.json.
+
+  Its own reading, sampling and augmentation, sharing no code with src/data or src/train: Pillow decodes
+  <image_dir>/{train,test}/<class>/<image>; `val_size` train images drawn by a permutation (seed 0) are held out;
+  per-pixel mean of the rest subtracted; batches of 128 from per-epoch shuffles (torch.randperm), pad 4 + random
+  32x32 crop + horizontal flip; BN over groups of 64 (the paper's two GPUs: two forward calls per step); He init
+  (fan-in) of the convolutions, PyTorch's default for the FC layer and BN; torch.optim.SGD (v = m v + g,
+  w -= lr v) with weight decay on every parameter. Logs every 100 steps, evaluates val and test every
+  min(2000, steps / 8) steps and checkpoints there (<workdir>/peer.pt, written atomically).
+
+  Raises FileNotFoundError if <image_dir>/train or /test is missing. Exits with status 0 (SystemExit) after
+  saving when `time_limit_minutes` > 0 is nearly spent (2 x the longest log interval + 10 s left).
+  """
+  t_begin = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  config = dict(
+      image_dir=image_dir,
+      depth=depth,
+      steps=steps,
+      seed=seed,
+      val_size=val_size,
+      batch_size=128,
+      group=64,
+      base_lr=0.1,
+      boundaries=[steps // 2, steps * 3 // 4],
+      factor=0.1,
+      momentum=0.9,
+      weight_decay=1e-4,
+      peer=f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads",
+  )
+  ckpt_path, metrics_path = os.path.join(workdir, "peer.pt"), os.path.join(workdir, "metrics.jsonl")
+  images, labels = load_folder(os.path.join(image_dir, "train"))
+  test_images, test_labels = load_folder(os.path.join(image_dir, "test"))
+  perm = np.random.RandomState(0).permutation(len(images))
+  train_idx, val_idx = perm[val_size:], perm[:val_size]
+  mean = images[train_idx].astype(np.float64).mean(0).astype(np.float32) / 255.0
+
+  def tensor(x):  # uint8 NHWC -> float NCHW, mean subtracted
+    return torch.from_numpy(x.astype(np.float32) / 255.0 - mean).permute(0, 3, 1, 2).contiguous()
+
+  x, y = tensor(images[train_idx]), torch.from_numpy(labels[train_idx])
+  splits = {"val": (tensor(images[val_idx]), torch.from_numpy(labels[val_idx]))} if val_size else {}
+  splits["test"] = (tensor(test_images), torch.from_numpy(test_labels))
+
+  torch.manual_seed(seed)
+  model = CifarResNet(depth, num_classes=int(labels.max()) + 1)
   for m in model.modules():
     if isinstance(m, tnn.Conv2d):
       tnn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
   opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-  rng, errors, curve, t0 = np.random.RandomState(seed), [], [], time.time()
-  for step in range(1, steps + 1):
-    idx = rng.randint(0, len(x), 128)
+  gen = torch.Generator().manual_seed(seed)  # the data order: per-epoch shuffles
+  rng = np.random.RandomState(seed + 1)  # augmentation
+  start, order, pos, wall_before = 0, None, 0, 0.0
+  if os.path.exists(ckpt_path):
+    ck = torch.load(ckpt_path, weights_only=False)
+    if ck["config"] != config:
+      raise SystemExit(f"error: {workdir} holds a peer run of another config ({ck['config']}); use another workdir.")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    gen.set_state(ck["gen"])
+    rng.set_state(ck["rng"])
+    start, order, pos, wall_before = ck["step"], ck["order"], ck["pos"], ck["wall_time_s"]
+    log(f"peer: resumed from {ckpt_path} at step {start}")
+  rows = []
+  if os.path.exists(metrics_path):  # keep exactly the rows up to the checkpoint's step
+    with open(metrics_path) as f:
+      rows = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= start]
+  with open(metrics_path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  _write_json(os.path.join(workdir, "config.json"), config)
+
+  def evaluate():
+    model.eval()
+    out = {}
+    with torch.no_grad():
+      for split, (ex, ey) in splits.items():
+        logits = torch.cat([model(ex[i : i + 1000]) for i in range(0, len(ex), 1000)])
+        out[f"{split}/error"] = float((logits.argmax(1) != ey).float().mean())
+        out[f"{split}/loss"] = float(F.cross_entropy(logits, ey))
+    model.train()
+    return out
+
+  eval_every = min(2000, max(100, round(steps / 8 / 100) * 100))
+  losses, errors, last = [], [], {}
+  t_start, t_check, longest = time.time(), time.time(), 0.0
+  model.train()
+  for step in range(start + 1, steps + 1):
+    lr = 0.1 * 0.1 ** sum(step > b for b in config["boundaries"])
+    for group in opt.param_groups:
+      group["lr"] = lr
+    if order is None:
+      order = torch.empty(0, dtype=torch.int64)
+    while pos + 128 > len(order):  # a new epoch; the remainder of the old one starts the batch
+      order, pos = torch.cat([order[pos:], torch.randperm(len(x), generator=gen)]), 0
+    idx = order[pos : pos + 128]
+    pos += 128
     padded = F.pad(x[idx], (4, 4, 4, 4))
     dx, dy = rng.randint(0, 9, 128), rng.randint(0, 9, 128)
     xb = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(128)])
@@ -115,22 +218,72 @@ def train_curve(image_dir: str, depth: int, steps: int, seed: int = 0, log=print
     xb[flip] = xb[flip].flip(3)
     opt.zero_grad(set_to_none=True)
     logits = torch.cat([model(xb[:64]), model(xb[64:])])
-    F.cross_entropy(logits, y[idx]).backward()
+    loss = F.cross_entropy(logits, y[idx])
+    loss.backward()
     opt.step()
+    losses.append(loss.item())
     errors.append((logits.argmax(1) != y[idx]).float().mean().item())
-    if step % 100 == 0:
-      curve.append(float(np.mean(errors[-100:])))
-      log(f"peer resnet{depth} seed {seed} step {step} train/error {100 * curve[-1]:.2f}% ({time.time() - t0:.0f} s)")
-  return curve
+    if step % 100 and step != steps:
+      continue
+    row = {"step": step, "train/loss": float(np.mean(losses)), "train/error": float(np.mean(errors)), "lr": lr}
+    losses, errors = [], []
+    if step % eval_every == 0 or step == steps:
+      row.update(evaluate())
+    now = time.time()
+    longest, t_check = max(longest, now - t_check), now
+    stop = time_limit_minutes > 0 and now - t_begin + 2 * longest + 10 >= 60 * time_limit_minutes
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    last.update(row)
+    log(
+        f"peer resnet{depth} step {step}/{steps} "
+        + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if "/" in k)
+        + f"  ({now - t_start:.0f} s)"
+    )
+    if step % eval_every == 0 or step == steps or stop:
+      ck = dict(
+          model=model.state_dict(),
+          opt=opt.state_dict(),
+          gen=gen.get_state(),
+          rng=rng.get_state(),
+          step=step,
+          order=order,
+          pos=pos,
+          config=config,
+          wall_time_s=wall_before + time.time() - t_start,
+      )
+      torch.save(ck, ckpt_path + ".tmp")
+      os.replace(ckpt_path + ".tmp", ckpt_path)
+    if stop and step != steps:
+      log(f"peer: time limit: saved the checkpoint of step {step}; exiting. Start the same command again.")
+      raise SystemExit(0)
+  if not last:  # started again after the end
+    last = evaluate()
+  result = {
+      "name": f"peer-resnet{depth}",
+      "model": f"pytorch_cifar_resnet{depth}",
+      "dataset": "image_folder",
+      "data": {"dir": image_dir},
+      "steps": steps,
+      "params": sum(p.numel() for p in model.parameters()),
+      "wall_time_s": wall_before + time.time() - t_start,
+      "resumed_from": start,
+      **{k: v for k, v in last.items() if "/" in k},
+  }
+  _write_json(os.path.join(workdir, "result.json"), result)
+  return result
 
 
 if __name__ == "__main__":
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--image_dir", required=True, help="<dir>/train/<class>/<image>, e.g. the CIFAR-10 JPEG copy")
-  p.add_argument("--depth", type=int, default=56, help="6n+2")
-  p.add_argument("--steps", type=int, default=400)
+  p.add_argument("--image_dir", required=True, help="<dir>/{train,test}/<class>/<image>, e.g. the CIFAR-10 JPEG copy")
+  p.add_argument("--workdir", required=True, help="where config.json, metrics.jsonl, result.json, peer.pt go")
+  p.add_argument("--depth", type=int, default=20, help="6n+2")
+  p.add_argument("--steps", type=int, default=64000, help="the schedule: x0.1 at 50%% and 75%% (paper: 64000)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--val_size", type=int, default=5000)
+  p.add_argument("--time_limit_minutes", type=float, default=0.0, help="> 0: save and exit 0 before it ends")
   p.add_argument("--threads", type=int, default=os.cpu_count())
   a = p.parse_args()
   torch.set_num_threads(a.threads)
-  train_curve(a.image_dir, a.depth, a.steps, a.seed)
+  train_peer(a.image_dir, a.depth, a.steps, a.workdir, a.seed, a.val_size, a.time_limit_minutes)

@@ -161,6 +161,12 @@ def validate(config, *, device_count=None, process_count=None):
     _check(not why, "model.conv_impl", f"'onednn' cannot run here: {why}.")
   _check(m.conv_chunk >= 0, "model.conv_chunk", f"must be >= 0 (0 = the whole batch at once), got {m.conv_chunk!r}.")
   steps = _positive_int(config, "num_steps")
+  limit = config.get("time_limit_minutes", 0.0)
+  _check(
+      isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit >= 0,
+      "time_limit_minutes",
+      f"must be a number of minutes >= 0 (0 = no limit), got {limit!r}.",
+  )
   for field in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     _positive_int(config, field)
   if "num_seeds" in config:

@@ -54,6 +54,29 @@ def default_workdir():
   return workdir_for(config_flags.get_config_filename(flags.FLAGS["config"]))
 
 
+STOPPED_FILE = "stopped.json"
+
+
+def _stopped_marker(workdir: str, stopped):
+  """<workdir>/stopped.json exists while the job's last start ended early (SIGTERM or time_limit_minutes) with its
+  step saved, so that a scheduler script can tell "continue me" from "done" (both exit 0). Removed at each start;
+  written by process 0 only."""
+  import json
+  import time
+
+  import jax
+
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, STOPPED_FILE)
+  if stopped is None:
+    if os.path.exists(path):
+      os.remove(path)
+    return
+  with open(path, "w") as f:
+    json.dump({"reason": stopped.reason, "run": stopped.workdir, "step": stopped.step, "time": time.time()}, f)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -65,12 +88,13 @@ def main(argv):
   from src.checkpoint import CheckpointReadError
   from src.config_check import ConfigError, check_workdir
   from src.data import DatasetMissingError
-  from src.train import CheckpointWriteError, DivergedError
+  from src.train import CheckpointWriteError, DivergedError, Stopped
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir()
   try:
     check_workdir(workdir)
+    _stopped_marker(workdir, None)
     if config.get("mode", "train") == "eval":
       if config.get("sweep"):
         raise ConfigError(
@@ -88,6 +112,9 @@ def main(argv):
       from src.train import train_and_evaluate
 
       train_and_evaluate(config, workdir)
+  except Stopped as e:  # SIGTERM or the time budget: saved; the same command continues (launch/slurm.sbatch)
+    _stopped_marker(workdir, e)
+    raise
   except (ConfigError, DatasetMissingError, DivergedError, CheckpointWriteError, CheckpointReadError) as e:
     # the message says it all
     raise SystemExit(f"error: {e}") from None

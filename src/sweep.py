@@ -35,7 +35,8 @@ def run_sweep(config, workdir: str, log=print):
   for run in runs:  # every run's config is checked before the first one starts
     validate(run)
   results = []
-  preempt = Preemption()  # one SIGTERM handler for the whole sweep: a signal between two runs stops the next
+  # One SIGTERM handler and one time budget for the whole sweep: a signal between two runs stops the next.
+  preempt = Preemption(time_limit_minutes=config.get("time_limit_minutes", 0.0))
   try:
     for i, run in enumerate(runs):
       run_dir = os.path.join(workdir, run.name)

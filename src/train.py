@@ -166,7 +166,8 @@ def jit_eval_step(config, model, mean, mesh):
 
 
 class Preemption:
-  """SIGTERM (preemption on TPU pods / SLURM): every process stops after the same step, saves it and exits 0.
+  """SIGTERM (preemption on TPU pods / SLURM) or the end of a time budget: every process stops after the same
+  step, saves it and exits 0 (`Stopped`); the same command continues the run.
 
   One process stops after the step it is in. Schedulers signal the hosts of a job a few steps apart, or only one
   of them, so with several processes each one's flag is combined over all processes every `every_steps` steps: a
@@ -174,21 +175,47 @@ class Preemption:
   (so the check never stalls the device). Every process reads the same combined value after the same call, so all
   stop after the same step, at most 2 x every_steps steps after the first SIGTERM. The handler is Python's own;
   JAX's SIGTERM notifier is off (parallel.py).
+
+  `time_limit_minutes` > 0 is a wall-clock budget counted from this object's creation (the start of the run or
+  sweep, after imports): at each log step (`check_time`) the flag is raised once the time left is less than
+  `2 x the longest log interval so far + 10 s` (an interval includes its evaluation and checkpoint, and the
+  first one the compile), which leaves the stop, the evaluation it may include and the save room to finish.
+  A run advances at least one log interval per start, so a budget that is too short still gets it done.
   """
 
-  def __init__(self, every_steps: int = 8):
-    self.requested = False  # this process was sent SIGTERM
+  def __init__(self, every_steps: int = 8, time_limit_minutes: float = 0.0):
+    self.requested = False  # this process was sent SIGTERM, or its time budget is nearly spent
+    self.reason = None  # why: 'SIGTERM' or 'time limit' (None: another process asked, or nobody)
     self.every_steps = every_steps
+    self.time_limit_s = 60.0 * float(time_limit_minutes or 0.0)
+    self.started = time.time()
     self._pending = None  # the combined flags dispatched at the last check
     self._combine = None
+    self._last_check, self._longest_interval = self.started, 0.0
     self._old = signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):
     self.requested = True
+    self.reason = self.reason or "SIGTERM"
 
   def new_run(self):
-    """Forgets the previous run's pending check (its mesh and step count); keeps a SIGTERM already received."""
+    """Forgets the previous run's pending check (its mesh and step count) and log intervals; keeps a SIGTERM
+    already received and the budget's start."""
     self._pending, self._combine = None, None
+    self._last_check, self._longest_interval = time.time(), 0.0
+
+  def check_time(self):
+    """At a log step, with the device caught up: raises the flag when the time budget is nearly spent."""
+    if not self.time_limit_s or self.requested:
+      return
+    now = time.time()
+    self._longest_interval = max(self._longest_interval, now - self._last_check)
+    self._last_check = now
+    if now - self.started + 2 * self._longest_interval + 10.0 >= self.time_limit_s:
+      self.requested, self.reason = True, "time limit"
+
+  def used_minutes(self) -> float:
+    return (time.time() - self.started) / 60.0
 
   def stop_after(self, calls: int, steps_per_call: int, mesh) -> bool:
     """Whether to save and stop after the train step call number `calls` (1, 2, ... since the loop started).
@@ -213,6 +240,16 @@ class Preemption:
     signal.signal(signal.SIGTERM, self._old if self._old is not None else signal.SIG_DFL)
 
 
+class Stopped(SystemExit):
+  """A run stopped before its end by SIGTERM or its time budget, its step saved: exit status 0, and the same
+  command continues it. `workdir` (the run's), `step`, `reason` ('SIGTERM', 'time limit' or 'another process').
+  """
+
+  def __init__(self, workdir: str, step: int, reason: str):
+    super().__init__(0)
+    self.workdir, self.step, self.reason = workdir, step, reason
+
+
 class DivergedError(FloatingPointError):
   pass
 
@@ -230,6 +267,7 @@ RESUME_MAY_CHANGE = (
     "name",
     "mode",
     "num_steps",
+    "time_limit_minutes",
     "steps_per_call",
     "eval_batch_size",
     "log_every",
@@ -360,11 +398,12 @@ def train_and_evaluate(config, workdir: str, preempt: Optional[Preemption] = Non
   `preempt`: the SIGTERM handler of a caller that runs several trainings (src/sweep.py), so that a SIGTERM between
   two of them stops the next one at its first step; by default this run installs its own and removes it at the end.
   Raises ConfigError (a bad config, or a workdir that holds another experiment), DivergedError,
-  CheckpointWriteError, checkpoint.CheckpointReadError; SystemExit(0) after saving on SIGTERM.
+  CheckpointWriteError, checkpoint.CheckpointReadError; Stopped (a SystemExit with status 0) after saving on
+  SIGTERM or at the end of `config.time_limit_minutes`.
   """
   own = preempt is None
   if own:  # from the start: a SIGTERM while data loads or steps compile stops at the first step
-    preempt = Preemption()
+    preempt = Preemption(time_limit_minutes=config.get("time_limit_minutes", 0.0))
   preempt.new_run()
   try:
     validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
@@ -451,6 +490,9 @@ def _train(config, workdir: str, preempt: Preemption) -> dict:
       done = step == config.num_steps
       if sync_every and (step // k) % sync_every == 0:
         jax.block_until_ready(step_metrics)
+      if preempt.time_limit_s and step % config.log_every == 0:
+        jax.block_until_ready(step_metrics)  # the time left is judged with the device caught up
+        preempt.check_time()
       stop = preempt.stop_after((step - start) // k, k, mesh)  # the same on every process
       log_now = step % config.log_every == 0 or done or stop
       ckpt_now = step % config.checkpoint_every == 0 or done or stop
@@ -517,11 +559,16 @@ def _train(config, workdir: str, preempt: Preemption) -> dict:
         if stop and not done:
           with _checkpoint_errors(ckpts, step):
             ckpts.wait()
-          said = f"SIGTERM: saved the checkpoint of step {step}; exiting. Start again to resume."
+          reason = preempt.reason or "another process"
+          why = {
+              "SIGTERM": "SIGTERM",
+              "time limit": f"time limit ({preempt.used_minutes():.1f} of {config.time_limit_minutes:g} min used)",
+          }.get(reason, "stop agreed with another process")
+          said = f"{why}: saved the checkpoint of step {step}; exiting. Start the same command again to continue."
           progress.message(said)
           if not main_process:  # every process says where it stopped
             print(f"process {pid}/{nproc}: {said}", flush=True)
-          raise SystemExit(0)
+          raise Stopped(workdir, step, reason)
     if not last[0]:  # started again after the end: report the final state
       for split in ds.splits:
         values = replicas.per_replica(evaluate(eval_step, state, ds, split, eval_batch, mesh), num_seeds)

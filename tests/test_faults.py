@@ -61,6 +61,23 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(fake_cifar10
   assert metric_steps(tmp_path) == list(range(5, 31, 5)), final.stdout
 
 
+def test_time_limit_saves_exits_0_and_the_same_command_continues_bitwise(fake_cifar10_dir, tmp_path, straight):
+  # A budget spent before the first log step: every start stops at its first log step (each start advances one
+  # log interval at least) and the third start finishes. log_every may change on resume; the maths may not.
+  args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, log_every=10, time_limit_minutes=0.01)
+  for stop in (10, 20):
+    proc = run_main(args)
+    assert "time limit (" in proc.stdout and f"saved the checkpoint of step {stop}; exiting" in proc.stdout
+    marker = json.loads((tmp_path / "stopped.json").read_text())
+    assert (marker["reason"], marker["step"], marker["run"]) == ("time limit", stop, str(tmp_path))
+    assert not (tmp_path / "result.json").exists()
+  proc = run_main(args)
+  assert "time limit" not in proc.stdout and not (tmp_path / "stopped.json").exists()
+  assert_trees_bitwise_equal(load_state(tmp_path), straight)
+  assert metric_steps(tmp_path) == [10, 20, 30]
+  assert json.loads((tmp_path / "result.json").read_text())["steps"] == 30
+
+
 @pytest.mark.parametrize("damage", ["truncate"])  # a deleted file is the simpler case of the same fallback
 def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(fake_cifar10_dir, tmp_path, straight, damage):
   args = tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30)
@@ -457,9 +474,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(fake_cifar1
   codes = finish(procs, 300)
   logs = [(stopped / f"p{i}.log").read_text() for i in range(2)]
   assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-  said = [re.findall(r"SIGTERM: saved the checkpoint of step (\d+)", log) for log in logs]
-  assert said[0] == said[1] and len(said[0]) == 1, said
-  saved = int(said[0][0])
+  # Each process says why it stopped: process 1 was signalled, process 0 agreed with it.
+  said = [
+      re.findall(r"(SIGTERM|stop agreed with another process): saved the checkpoint of step (\d+)", log) for log in logs
+  ]
+  assert [r for r, _ in said[0] + said[1]] == ["stop agreed with another process", "SIGTERM"], said
+  assert said[0][0][1] == said[1][0][1], said
+  saved = int(said[0][0][1])
   assert 10 <= saved < steps and sorted(os.listdir(stopped / "checkpoints")) == [str(saved)]
 
   # Started again: both processes resume from that step and end where the uninterrupted job ended.

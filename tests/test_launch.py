@@ -191,9 +191,44 @@ def test_slurm_dry_run_prints_exact_sbatch_command():
   )
   assert out == (
       f"sbatch --nodes=2 --gpus-per-node=4 --job-name=rn50 --chdir={shlex.quote(str(REPO))}"
-      f" --partition=gpu --time=02:00:00 {shlex.quote(SBATCH_SCRIPT)}"
+      f" --partition=gpu --time=02:00:00 --signal=TERM@300 --requeue --open-mode=append {shlex.quote(SBATCH_SCRIPT)}"
       " --config=configs/imagenet.py '--workdir=r 1'\n"
   )
+  # Without --workdir the job's default is passed explicitly (the batch script looks for stopped.json there);
+  # --no-requeue submits a job that ends when its time does.
+  out = run_script(
+      "launch/slurm.py", "--gpus-per-node=1", "--dry-run", "--", "--config=configs/cifar_resnet.py:depth=56"
+  )
+  assert out.split()[-2:] == ["--config=configs/cifar_resnet.py:depth=56", "--workdir=runs/cifar_resnet-depth=56"]
+  out = run_script("launch/slurm.py", "--gpus-per-node=1", "--no-requeue", "--dry-run", "--", "--config=c.py")
+  assert "--signal" not in out and "--requeue" not in out and out.split()[-1] == "--config=c.py"
+
+
+@pytest.mark.slow
+def test_slurm_job_requeues_itself_until_the_run_is_done(fake, tmp_path, fake_cifar10_dir):
+  """The batch script as SLURM runs it, start after start: a real src.main whose time budget ends each start
+  early (as --signal's SIGTERM would) leaves stopped.json, the script requeues the job (a fake scontrol), and the
+  run ends complete."""
+  from tests.conftest import tiny_cifar_args
+
+  make, env, records = fake
+  make("scontrol")
+  (tmp_path / "bin" / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+  (tmp_path / "bin" / "srun").chmod(0o755)  # srun runs its command: src.main for real
+  env = dict(env, SLURM_JOB_ID="77", SLURM_GPUS_ON_NODE="1", PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  workdir = tmp_path / "run"
+  args = tiny_cifar_args(fake_cifar10_dir, workdir, steps=20, log_every=10, time_limit_minutes=0.01)
+  for start in range(1, 4):
+    res = subprocess.run(["bash", SBATCH_SCRIPT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    requeued = [r["argv"] for r in records() if r["argv"][0] == "scontrol"]
+    if not (workdir / "stopped.json").exists():
+      break
+    assert json.loads((workdir / "stopped.json").read_text())["reason"] == "time limit"
+    assert requeued == [["scontrol", "requeue", "77"]] * start, res.stderr[-2000:]
+  # Each start advances one log interval (10 steps) at least, so a budget this short still finishes: 2 starts.
+  assert start == 2 and len(requeued) == 1
+  assert json.loads((workdir / "result.json").read_text())["steps"] == 20
 
 
 def test_slurm_hostile_args_reach_src_main_unchanged(fake, tmp_path):
