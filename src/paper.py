@@ -20,6 +20,20 @@ CIFAR_PARAMS = {
     "cifar_resnet1202": "19.4M",
 }
 
+# He, Zhang, Ren, Sun, "Identity Mappings in Deep Residual Networks" (ECCV 2016), Table 3: CIFAR-10 test error (%)
+# of the pre-activation units (the original units' column: 6.61, 5.93, 7.61), median of 5 runs; and parameters.
+# Its 10.2M for ResNet-1001 counts the conv and FC weights (with BN's scales and biases: 10.33M).
+PREACT_CIFAR_TEST_ERROR = {
+    "cifar_preact_resnet110": 6.37,
+    "cifar_preact_resnet164": 5.46,
+    "cifar_preact_resnet1001": 4.92,
+}
+PREACT_CIFAR_PARAMS = {
+    "cifar_preact_resnet110": "1.7M",
+    "cifar_preact_resnet164": "1.7M",
+    "cifar_preact_resnet1001": "10.2M",
+}
+
 # Beside a run on an image-folder copy of CIFAR-10 (src/data/image_folder.py: CIFAR-10's ten class folders,
 # 32x32 RGB images, e.g. JPEG re-encoded), Table 6's number carries this note.
 CIFAR10_COPY_NOTE = (
@@ -77,6 +91,7 @@ def cifar10_data(result: dict):
 
 
 def cifar_test_error(result: dict):
-  """Table 6's test error (%) for a run's result (see cifar10_data), or None: no CIFAR-10 data, or a net the table
-  does not list (plain nets, other depths)."""
-  return CIFAR_TEST_ERROR.get(result.get("model")) if cifar10_data(result) else None
+  """Table 6's test error (%) for a run's result (see cifar10_data), or for a pre-activation net the follow-up
+  paper's Table 3; None: no CIFAR-10 data, or a net the tables do not list (plain nets, other depths)."""
+  table = {**CIFAR_TEST_ERROR, **PREACT_CIFAR_TEST_ERROR}
+  return table.get(result.get("model")) if cifar10_data(result) else None

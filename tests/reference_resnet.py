@@ -2,7 +2,9 @@
 
 It shares no code with src/models, src/train or src/optim: every layer is written here from its definition, with
 `lax.conv_general_dilated`, the textbook BatchNorm formula (statistics per group of examples, biased variance),
-the shortcut options A/B/C of Sec. 3.3, softmax cross-entropy, and Caffe's SGD (v = m v + lr (g + wd w); w -= v).
+the shortcut options A/B/C of Sec. 3.3, the pre-activation units of He et al. 2016 (Identity Mappings: BN -> ReLU ->
+conv, no ReLU after the sum, BN -> ReLU before the pool), softmax cross-entropy, and Caffe's SGD
+(v = m v + lr (g + wd w); w -= v).
 Only the parameter names are the project's, so that its weights can be copied in.
 
     with jax.enable_x64(True):
@@ -25,7 +27,8 @@ CIFAR_WIDTHS = (16, 32, 64)
 @dataclasses.dataclass(frozen=True)
 class Arch:
   """What the reference builds: family 'cifar' | 'imagenet', depth, residual (False: plain), shortcut 'A' | 'B' | 'C',
-  group (examples per BN statistic; None: the whole batch), BN momentum and epsilon."""
+  group (examples per BN statistic; None: the whole batch), BN momentum and epsilon, preact (CIFAR: the
+  pre-activation units; bottlenecks, strided on the 3x3, from 164 layers on)."""
 
   family: str
   depth: int
@@ -34,6 +37,7 @@ class Arch:
   group: int | None = None
   momentum: float = 0.9
   epsilon: float = 1e-5
+  preact: bool = False
 
 
 def conv(x, w, stride, pad):
@@ -134,8 +138,49 @@ class Net:
       y = y + self.shortcut(x, path, 4 * width, stride)
     return self.relu(y, path)
 
+  def bn(self, x, path):
+    """A BN on its own (the pre-activation units), with its new running statistics."""
+    out = []
+    y = batch_norm(x, _get(self.params, path), _get(self.stats, path), self.arch, self.train, out)
+    if out:
+      self.new_stats[path] = out[0]
+    return y
+
+  def preact_unit(self, x, path, width, stride, first):
+    """BN -> ReLU -> conv per layer; the first unit of a stage feeds its shortcut the pre-activated input."""
+    if self.arch.depth >= 164:
+      layers, out_width = [("conv1", 1, 1), ("conv2", 3, stride), ("conv3", 1, 1)], 4 * width
+    else:
+      layers, out_width = [("conv1", 3, stride), ("conv2", 3, 1)], width
+    y = x
+    for i, (name, k, s) in enumerate(layers):
+      y = self.relu(self.bn(y, path + (name, "bn")), path + (name, "bn"))
+      pre = y if i == 0 else pre
+      y = conv(y, _get(self.params, path + (name, "conv"))["kernel"], s, k // 2)
+      self.responses[path + (name,)] = y
+    source = pre if first else x
+    option, change = self.arch.shortcut, stride != 1 or source.shape[-1] != out_width
+    if option == "C" or (option == "B" and change):
+      return y + conv(source, _get(self.params, path + ("projection",))["kernel"], stride, 0)
+    if not change:
+      return y + source
+    source = source[:, ::stride, ::stride, :]
+    return y + jnp.pad(source, [(0, 0), (0, 0), (0, 0), (0, out_width - source.shape[-1])])
+
+  def preact_cifar(self, x):
+    n = (self.arch.depth - 2) // (9 if self.arch.depth >= 164 else 6)
+    x = conv(x, self.params["conv1"]["kernel"], 1, 1)
+    for i, width in enumerate(CIFAR_WIDTHS):
+      for j in range(n):
+        x = self.preact_unit(x, (f"stage{i + 1}", f"block{j}"), width, 2 if (i > 0 and j == 0) else 1, j == 0)
+    x = self.relu(self.bn(x, ("final_bn",)), ("final_bn",))
+    fc = self.params["fc"]
+    return x.mean(axis=(1, 2)) @ fc["kernel"] + fc["bias"]
+
   def __call__(self, x):
     a = self.arch
+    if a.preact:
+      return self.preact_cifar(x)
     if a.family == "cifar":
       n = (a.depth - 2) // 6
       x = self.relu(self.conv_bn(x, ("conv1",), 1, 1), ("conv1",))

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from src import paper
 from src.models import count_params, get_model, parse_name
 from src.models.summary import forward_macs, padding_counted_conv, summarize
 
@@ -36,6 +37,22 @@ def test_cifar_params_match_table6(depth):
   assert f"{n:.{decimals}f}M" == printed
   # Option A shortcuts are parameter-free: the plain counterpart has exactly as many parameters.
   assert count_params(abstract_params(f"cifar_plain{depth}")) == count_params(abstract_params(f"cifar_resnet{depth}"))
+
+
+@pytest.mark.parametrize("name", sorted(paper.PREACT_CIFAR_PARAMS))
+def test_preact_params_match_identity_mappings(name):
+  """Identity Mappings (He et al. 2016) prints 1.7M, 1.7M, 10.2M for its pre-activation ResNet-110, 164, 1001:
+  conv and FC weights (BN's scales and biases would make ResNet-1001 10.33M)."""
+  params = abstract_params(name)
+  weights = sum(int(np.prod(p.shape)) for path, p in jax.tree.leaves_with_path(params) if "bn" not in str(path))
+  printed = float(paper.PREACT_CIFAR_PARAMS[name].rstrip("M"))
+  decimals = len(paper.PREACT_CIFAR_PARAMS[name].rstrip("M").split(".")[1])
+  assert abs(weights / 1e6 - printed) < 0.5 * 10**-decimals, weights
+  family, kind, depth = parse_name(name)
+  block = "bottleneck" if depth >= 164 else "basic"
+  # Bottlenecks from 164 layers on (9n+2), basic units below (6n+2), as in that paper.
+  assert (block == "bottleneck") == ("conv3" in params["stage1"]["block0"])
+  assert "final_bn" in params and "bn" not in params["conv1"]  # BN -> ReLU before the pool; conv1 stands alone
 
 
 # Table 1 / Fig. 3 multiply-adds at 224x224.
@@ -132,8 +149,8 @@ def test_bottleneck_stride_placement():
     variables = init(model, (64, 64, 3), batch=1)
     _, state = model.apply(variables, x, train=False, capture_intermediates=False, mutable=["intermediates"])
     block = state["intermediates"]["conv3_x"]["block0"]  # conv3_1: 16x16 in, 8x8 out
-    assert block["conv1"]["bn_response"][0].shape[1] == conv1_side
-    assert block["conv2"]["bn_response"][0].shape[1] == 8
+    assert block["conv1"]["response"][0].shape[1] == conv1_side
+    assert block["conv2"]["response"][0].shape[1] == 8
 
 
 def test_batchnorm_train_and_eval_modes():
@@ -142,7 +159,7 @@ def test_batchnorm_train_and_eval_modes():
   x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3)) * 3 + 1
   _, state = model.apply(variables, x, train=True, mutable=["batch_stats", "intermediates"])
   # Train mode normalises with the batch's statistics: the first BN output has zero mean, unit variance.
-  r = state["intermediates"]["conv1"]["bn_response"][0]
+  r = state["intermediates"]["conv1"]["response"][0]
   np.testing.assert_allclose(r.mean((0, 1, 2)), 0, atol=1e-4)
   np.testing.assert_allclose(r.var((0, 1, 2)), 1, atol=1e-2)
   # ...and moves the running averages by (1 - momentum) towards them.
@@ -272,6 +289,7 @@ def test_gradients_reach_the_first_layer_of_110_layers(name):
     [
         ("cifar_resnet21", "6n+2"),
         ("cifar_plain4", "6n+2"),
+        ("cifar_preact_resnet199", "9n+2"),
         ("resnet42", "valid depths: [18, 34, 50, 101, 152]"),
         ("densenet121", "Valid names"),
         ("vgg11", "valid: [16, 19]"),

@@ -88,6 +88,17 @@ APPLY_CASES = [
     Case("resnet50", ref.Arch("imagenet", 50, shortcut="B"), batch=16, size=64, tolerance=3e-4),
     Case("resnet18", ref.Arch("imagenet", 18, shortcut="A", group=8), (("shortcut", "A"),), batch=16, size=64),
     Case("cifar_resnet20", R20, dtype="bfloat16"),
+    # Pre-activation units (Identity Mappings): basic, and bottlenecks with projections (shortcut B).
+    Case("cifar_preact_resnet20", dataclasses.replace(R20, preact=True)),
+    # 164 layers at init are ill-conditioned as ResNet-50 is: the float64 reference's own gradients move by 1.3e-4
+    # when its input moves by 1e-7 (sensitivity(), 2026-12-01); float32 through 164 layers lands at 3.4e-4.
+    Case(
+        "cifar_preact_resnet164",
+        ref.Arch("cifar", 164, shortcut="B", preact=True),
+        (("shortcut", "B"),),
+        batch=8,
+        tolerance=5e-4,
+    ),
 ]
 TRAIN_CASES = [  # plain nets, scanned stages, BN groups and shortcuts B/C are held to the reference through `apply`
     *[Case("cifar_resnet20", R20, conv_impl=impl) for impl in IMPLS if impl != "cpu"],

@@ -1,6 +1,8 @@
-"""Fig. 7: the standard deviation of each 3x3 layer's response (after BN, before ReLU/addition).
+"""Fig. 7: the standard deviation of each 3x3 layer's response (after BN, before ReLU/addition). In a
+pre-activation net (Identity Mappings) no BN stands between a conv and the addition: there each conv's output is
+measured, which for a unit's last conv is its residual function's contribution to the sum.
 
-The nets `sow` every such response into 'intermediates' as 'bn_response' (src/models/blocks.py); here a
+The nets `sow` every such response into 'intermediates' as 'response' (src/models/blocks.py); here a
 checkpoint is restored and run in eval mode on test images. A layer's std is the std of its response over
 images and positions, averaged over channels.
 """
@@ -34,7 +36,7 @@ def ordered_responses(tree, prefix=""):
     value, path = tree[name], f"{prefix}{name}"
     if name == "projection":
       continue
-    if name == "bn_response":
+    if name == "response":
       out.append((prefix.rstrip("/"), value[0]))  # sow keeps a tuple of the values sown
     elif name == "blocks":  # nn.scan: every leaf is stacked over blocks
       inner = ordered_responses(value)

@@ -1,6 +1,9 @@
 """Model registry: a model is a name plus a few fields.
 
 cifar_resnet{6n+2}, cifar_plain{6n+2}   CIFAR-10 nets (Sec. 4.2), option A shortcuts by default
+cifar_preact_resnet{d}                  pre-activation CIFAR nets (He et al. 2016, Identity Mappings): basic
+                                        units below 164 layers (6n+2: 110), bottlenecks from 164 on (9n+2: 164,
+                                        1001), as in that paper; option A by default, B for bottlenecks
 resnet{18,34,50,101,152}, plain{...}    ImageNet nets (Table 1), option B shortcuts by default
 vgg16, vgg19                            FLOP reference (Fig. 3)
 
@@ -9,24 +12,27 @@ vgg16, vgg19                            FLOP reference (Fig. 3)
   logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
 """
 
+import functools
 import re
 from typing import Optional
 
 import jax.numpy as jnp
 
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
+from src.models.blocks import BasicBlock, PreActBasicBlock, PreActBottleneck
 from src.models.cifar import CifarResNet, cifar_depth_to_n
 from src.models.imagenet import LAYERS, ImageNetResNet, imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS, VGG
 
 FAMILIES = {
     # family: (pattern, input shape (H, W, C), classes, default shortcut)
-    "cifar": (r"cifar_(resnet|plain)(\d+)", (32, 32, 3), 10, "A"),
+    "cifar": (r"cifar_(resnet|plain|preact_resnet)(\d+)", (32, 32, 3), 10, "A"),
     "imagenet": (r"(resnet|plain)(\d+)", (224, 224, 3), 1000, "B"),
     "vgg": (r"(vgg)(\d+)", (224, 224, 3), 1000, None),
 }
 VALID_NAMES = (
     "cifar_resnet{6n+2} (e.g. cifar_resnet20, 32, 44, 56, 110, 1202), cifar_plain{6n+2}, "
+    "cifar_preact_resnet{6n+2 below 164, 9n+2 from 164} (e.g. 110, 164, 1001), "
     f"resnet{{{','.join(map(str, LAYERS))}}}, plain{{{','.join(map(str, LAYERS))}}}, "
     f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}"
 )
@@ -40,13 +46,24 @@ def parse_name(name: str):
     if m:
       kind, depth = m.group(1), int(m.group(2))
       if family == "cifar":
-        cifar_depth_to_n(depth)
+        cifar_depth_to_n(depth, cifar_block(kind, depth).layers)
       elif family == "imagenet":
         imagenet_layers(depth)
       elif depth not in VGG_CONFIGS:
         raise ValueError(f"Unknown VGG depth {depth} in {name!r}; valid: {sorted(VGG_CONFIGS)}.")
       return family, kind, depth
   raise ValueError(f"Unknown model {name!r}. Valid names: {VALID_NAMES}.")
+
+
+PREACT_BOTTLENECK_FROM = 164  # Identity Mappings: ResNet-110 of basic units, ResNet-164 and -1001 of bottlenecks
+
+
+def cifar_block(kind: str, depth: int):
+  """The block class of a CIFAR net: the paper's basic block (resnet, plain), or the follow-up paper's
+  pre-activation units, bottlenecks from 164 layers on."""
+  if kind != "preact_resnet":
+    return BasicBlock
+  return PreActBottleneck if depth >= PREACT_BOTTLENECK_FROM else PreActBasicBlock
 
 
 def input_shape(name: str):
@@ -58,7 +75,7 @@ def get_model(
     *,
     num_classes: Optional[int] = None,
     shortcut: Optional[str] = None,
-    stride_on_3x3: bool = False,
+    stride_on_3x3: Optional[bool] = None,
     bn_momentum: float = 0.9,
     bn_epsilon: float = 1e-5,
     bn_group_size: Optional[int] = None,
@@ -71,7 +88,8 @@ def get_model(
 ):
   """Builds a Flax module from a registry name and the paper's knobs (see the module docstring).
 
-  shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). bn_group_size: examples per BN
+  shortcut: 'A' | 'B' | 'C' (None: the paper's choice for the family). stride_on_3x3: where a bottleneck strides
+  (None: the paper's first 1x1 on ImageNet, the 3x3 in the pre-activation CIFAR nets). bn_group_size: examples per BN
   statistic in training (the paper's per-GPU BN); None = the whole batch.
   scan: True / False / "auto" (nn.scan over the identical blocks of stages longer than 20 blocks).
   remat: recompute the scanned blocks' activations in the backward pass instead of keeping them (nn.remat).
@@ -87,6 +105,8 @@ def get_model(
     raise ValueError(f"Unknown dtype {dtype!r}; valid: {sorted(DTYPES)}.")
   if family == "vgg":
     return VGG(depth, num_classes=num_classes, dtype=DTYPES[dtype], conv_general_dilated=conv_general_dilated)
+  if family == "cifar" and cifar_block(kind, depth) is PreActBottleneck:
+    default_shortcut = "B"  # a 16 -> 64 first unit: projections, as in the follow-up paper's code
   shortcut = shortcut or default_shortcut
   if shortcut not in SHORTCUTS:
     raise ValueError(
@@ -104,7 +124,7 @@ def get_model(
   common = dict(
       conv=conv,
       norm=norm,
-      residual=kind == "resnet",
+      residual=kind != "plain",
       shortcut=shortcut,
       num_classes=num_classes,
       zero_init_residual=zero_init_residual,
@@ -113,8 +133,11 @@ def get_model(
       dtype=DTYPES[dtype],
   )
   if family == "cifar":
-    return CifarResNet(depth, **common)
-  return ImageNetResNet(depth, stride_on_3x3=stride_on_3x3, **common)
+    block = cifar_block(kind, depth)
+    if block is PreActBottleneck and stride_on_3x3 is not None:
+      block = functools.partial(block, stride_on_3x3=stride_on_3x3)
+    return CifarResNet(depth, block_cls=block, **common)
+  return ImageNetResNet(depth, stride_on_3x3=bool(stride_on_3x3), **common)
 
 
 # Fields of a config's `model` block that say how to compute the net, not which net: src.cpu reads them.

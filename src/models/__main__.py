@@ -30,7 +30,7 @@ def main(argv=None):
   parser.add_argument("--size", type=int, default=None, help="input height = width (default: dataset's)")
   args = parser.parse_args(argv)
   fields = {} if args.shortcut is None else {"shortcut": args.shortcut}
-  print(f"{'model':<18}{'layers':>7}{'params':>11}{'MACs':>11}{'MACs(XLA)':>11}  input -> output")
+  print(f"{'model':<24}{'layers':>7}{'params':>11}{'MACs':>11}{'MACs(XLA)':>11}  input -> output")
   for name in args.models:
     try:
       shape = None if args.size is None else (args.size, args.size, 3)
@@ -38,7 +38,7 @@ def main(argv=None):
     except ValueError as e:
       raise SystemExit(f"error: {e}")
     macs = "" if args.no_flops else f"{r['macs'] / 1e9:>10.3g}G{r['macs_xla'] / 1e9:>10.3g}G"
-    print(f"{name:<18}{r['layers']:>7}{r['params'] / 1e6:>10.3g}M{macs:<22}  {r['input']} -> {r['output']}")
+    print(f"{name:<24}{r['layers']:>7}{r['params'] / 1e6:>10.3g}M{macs:<22}  {r['input']} -> {r['output']}")
 
 
 if __name__ == "__main__":

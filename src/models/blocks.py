@@ -1,8 +1,15 @@
 """The paper's building blocks (Sec. 3 and Fig. 2, 5): conv -> BN -> ReLU, the shortcut added before the
-block's last ReLU, shortcut options A/B/C, and a plain counterpart that is the same block with no shortcut.
+block's last ReLU, shortcut options A/B/C, and a plain counterpart that is the same block with no shortcut; and
+the pre-activation units of the follow-up paper (He et al. 2016, "Identity Mappings in Deep Residual Networks").
 
 Every 3x3 (and bottleneck 1x1) response after BN and before the ReLU/addition is `sow`n into the
-'intermediates' collection under the name 'bn_response': that is what Fig. 7 plots.
+'intermediates' collection under the name 'response': that is what Fig. 7 plots. A pre-activation unit has no
+BN between a conv and the addition, so there the response is each conv's output (the residual function's own
+output for the unit's last conv).
+
+A block class is what a net is built from (`CifarResNet(block_cls=...)`): a module with fields filters, conv, norm,
+strides, shortcut, and class attributes `expansion` (output width / filters), `layers` (weight layers per block)
+and `preactivation` (the net then ends with BN -> ReLU before the pool, and its stem is a conv alone).
 """
 
 import functools
@@ -93,7 +100,7 @@ class ConvBN(nn.Module):
     )(x)
     norm = self.norm if self.scale_init is None else functools.partial(self.norm, scale_init=self.scale_init)
     x = norm(name="bn")(x, train)
-    self.sow("intermediates", "bn_response", x)
+    self.sow("intermediates", "response", x)
     return x
 
 
@@ -120,6 +127,8 @@ class BasicBlock(nn.Module):
   shortcut: str = "A"
   zero_init_residual: bool = False
   expansion = 1
+  layers = 2
+  preactivation = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -144,6 +153,8 @@ class Bottleneck(nn.Module):
   zero_init_residual: bool = False
   stride_on_3x3: bool = False
   expansion = 4
+  layers = 3
+  preactivation = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -155,6 +166,95 @@ class Bottleneck(nn.Module):
     if self.residual:
       y = y + shortcut(x, 4 * self.filters, self.strides, self.shortcut, self.conv, self.norm, train)
     return nn.relu(y)
+
+
+def preact_shortcut(x, filters: int, strides: int, option: str, conv):
+  """The shortcut of a pre-activation unit: identity, option A's subsample + zero channels, or (B where the
+  dimensions change, C always) a 1x1 projection conv with no BN after it, as in the follow-up paper's code."""
+  needs_change = strides != 1 or x.shape[-1] != filters
+  if option == "C" or (option == "B" and needs_change):
+    return conv(filters, (1, 1), (strides, strides), padding="VALID", name="projection")(x)
+  if not needs_change:
+    return x
+  x = x[:, ::strides, ::strides, :]
+  return jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])])
+
+
+class BNConv(nn.Module):
+  """BN -> ReLU -> k x k conv, the layer of a pre-activation unit; returns (the activated input, the conv's
+  output) and sows the output for Fig. 7."""
+
+  filters: int
+  kernel: int
+  conv: Callable
+  norm: Callable
+  strides: int = 1
+
+  @nn.compact
+  def __call__(self, x, train):
+    a = nn.relu(self.norm(name="bn")(x, train))
+    y = self.conv(
+        self.filters, (self.kernel, self.kernel), (self.strides, self.strides), padding=_pad(self.kernel), name="conv"
+    )(a)
+    self.sow("intermediates", "response", y)
+    return a, y
+
+
+class _PreAct(nn.Module):
+  """The shared part of the pre-activation units (He et al. 2016, Identity Mappings, Fig. 4(e)): the residual
+  function is a chain of BNConv layers, and the sum leaves the unit with no ReLU after it.
+
+  `shared_preact` (the first unit of each stage; set by Stage): the shortcut takes the pre-activated input too,
+  as the paper does after conv1 ("before splitting into two paths") and its code (fb.resnet.torch's preresnet)
+  wherever a stage begins; in the other units it takes the unit's input as it is.
+  """
+
+  filters: int
+  conv: Callable
+  norm: Callable
+  strides: int = 1
+  residual: bool = True
+  shortcut: str = "A"
+  zero_init_residual: bool = False
+  shared_preact: bool = False
+  preactivation = True
+
+  def layers_spec(self):  # (filters, kernel, stride) of each layer of the residual function, in order
+    raise NotImplementedError
+
+  @nn.compact
+  def __call__(self, x, train):
+    if not self.residual or self.zero_init_residual:
+      raise ValueError("pre-activation units are residual, and zero_init_residual is not defined for them.")
+    y = x
+    for i, (filters, kernel, stride) in enumerate(self.layers_spec()):
+      a, y = BNConv(filters, kernel, self.conv, self.norm, stride, name=f"conv{i + 1}")(y, train)
+      preact = a if i == 0 else preact
+    source = preact if self.shared_preact else x
+    return y + preact_shortcut(source, self.expansion * self.filters, self.strides, self.shortcut, self.conv)
+
+
+class PreActBasicBlock(_PreAct):
+  """Two 3x3 convs, each after BN -> ReLU (Identity Mappings, Fig. 4(e)); CIFAR ResNet-110 of that paper."""
+
+  expansion = 1
+  layers = 2
+
+  def layers_spec(self):
+    return [(self.filters, 3, self.strides), (self.filters, 3, 1)]
+
+
+class PreActBottleneck(_PreAct):
+  """1x1 (w) -> 3x3 (w) -> 1x1 (4w), each after BN -> ReLU; the stride on the 3x3, as the follow-up paper's code
+  (fb.resnet.torch) has it (stride_on_3x3=False moves it to the first 1x1). CIFAR ResNet-164 and -1001."""
+
+  stride_on_3x3: bool = True
+  expansion = 4
+  layers = 3
+
+  def layers_spec(self):
+    s1, s3 = (1, self.strides) if self.stride_on_3x3 else (self.strides, 1)
+    return [(self.filters, 1, s1), (self.filters, 3, s3), (4 * self.filters, 1, 1)]
 
 
 class _ScanBody(nn.Module):
@@ -199,7 +299,8 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    x = self.block(strides=self.strides, name="block0")(x, train)
+    first = {"shared_preact": True} if getattr(self.block, "func", self.block).preactivation else {}
+    x = self.block(strides=self.strides, name="block0", **first)(x, train)
     rest = self.num_blocks - 1
     if rest == 0:
       return x

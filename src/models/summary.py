@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from jax import lax
 
 from src.models import count_params, get_model, input_shape, parse_name
-from src.models.cifar import cifar_depth_to_n
 from src.models.imagenet import imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS
 
@@ -40,8 +39,8 @@ def forward_macs(model, shape) -> float:
 def weight_layers(name: str) -> int:
   """Conv + FC layers on the main path (shortcut projections are not counted, as in the paper)."""
   family, _, depth = parse_name(name)
-  if family == "cifar":
-    return 6 * cifar_depth_to_n(depth) + 2
+  if family == "cifar":  # 6n+2 or 9n+2, checked by parse_name
+    return depth
   if family == "vgg":
     return sum(VGG_CONFIGS[depth]) + 3
   kind, blocks = imagenet_layers(depth)
