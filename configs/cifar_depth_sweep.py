@@ -50,7 +50,7 @@ def get_config(arg=None):
           "model.name": f"cifar_{net}{d}",
           # ResNet-110's warm-up (Sec. 4.2), and 1202's: trained "as described above" (README)
           "schedule.warmup_lr": 0.01 if d in (110, 1202) and net == "resnet" else 0.0,
-          "model.remat": d == 1202,  # recompute its 200-block scanned stages in the backward pass
+          "execution.remat": d == 1202,  # recompute its 200-block scanned stages in the backward pass
       }
       for net, d in runs
   ]

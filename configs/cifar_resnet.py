@@ -38,5 +38,5 @@ def get_config(arg=None):
     # above", and reproductions report it needs the same warm-up to start converging: our choice, in the README.
     c.schedule.warmup_lr = 0.01
   if a.depth == 1202:
-    c.model.remat = True  # its scanned stages keep 200 blocks' activations otherwise (README, Models)
+    c.execution.remat = True  # its scanned stages keep 200 blocks' activations otherwise (README, Models)
   return data_preset(c, a, mnist5k_steps=400)  # steps=0: mnist5k 400, image_dir 64000

@@ -44,10 +44,15 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.model.bn_group_size = 64  # BN statistics per 64 images: 128 on "two GPUs" (0: synchronised over the global batch)
   c.model.zero_init_residual = False
   c.model.scan = "auto"  # nn.scan over stages of >20 blocks (1202): fast compiles
-  c.model.remat = False  # recompute scanned blocks in the backward pass: less memory (ResNet-1202: True)
   c.model.dtype = "float32"
-  c.model.conv_impl = "auto"  # src/cpu: 'onednn', 'cpu' (CPU kernels, same maths); 'xla': plain; auto: best here
-  c.model.conv_chunk = 16  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples
+
+  # How the same maths runs: none of these changes what is computed (tests/test_parity.py), and a resumed run may
+  # change any of them.
+  c.execution = ml_collections.ConfigDict()
+  c.execution.conv_impl = "auto"  # src/cpu: 'onednn', 'cpu' (CPU kernels, same maths); 'xla': plain; auto: best here
+  c.execution.conv_chunk = 16  # conv_impl 'cpu': kernel gradient summed over chunks of this many examples
+  c.execution.remat = False  # recompute scanned blocks in the backward pass: less memory (ResNet-1202: True)
+  c.execution.steps_per_call = 1  # >1: that many steps per jitted call (lax.scan); less overhead on GPU
 
   c.batch_size = 128
   c.eval_batch_size = 1024  # a power of two: divisible by any device count up to 1024
@@ -67,6 +72,7 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.schedule.warmup_max_steps = 400  # ... or 400 iterations pass; then back to base_lr for good
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "sgd"  # src/optim.py OPTIMIZERS; the other fields are its arguments
   c.optim.momentum = 0.9
   c.optim.weight_decay = 1e-4
   c.optim.momentum_form = "caffe"  # v = m v + lr g (Caffe); 'optax': v = m v + g, w -= lr v
@@ -79,7 +85,6 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.eval.ensemble = ()  # more workdirs whose newest checkpoints join an ensemble (Table 5)
 
   c.num_seeds = 1  # >1: that many replicas (seeds seed, seed+1, ...) in one jitted program (src/replicas.py)
-  c.steps_per_call = 1  # >1: that many steps per jitted call (lax.scan); less overhead on GPU
   c.log_every = 100
   c.eval_every = 2000
   c.checkpoint_every = 2000

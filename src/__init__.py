@@ -1,8 +1,6 @@
 """Deep Residual Learning (He et al., CVPR 2016) in JAX/Flax; the README maps the package.
 
-Importing any part of `src` sets the project's XLA:CPU options for every jit of the process (src/cpu/xla_flags.py).
+Importing `src` or any of its modules changes no process state: the entry points (src.main, src.bench) set the
+project's XLA:CPU options for their process (src/cpu/xla_flags.py), and the project's own jits pass them
+explicitly wherever they run.
 """
-
-from src.cpu import xla_flags as _xla_flags
-
-_xla_flags.apply()

@@ -14,10 +14,14 @@ analysis (temporaries, arguments, outputs; `--remat false,true` to compare).
     python -m src.bench --compile_only --models cifar_resnet1202 --batch 128 --remat false,true --conv_impl xla
 """
 
-if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then (src/cpu/hugepages.py)
+if (
+    __name__ == "__main__"
+):  # before JAX starts: glibc reads its tunables only then (src/cpu/hugepages.py), XLA its flags
+  from src.cpu import xla_flags
   from src.cpu.hugepages import restart_with_huge_pages
 
   restart_with_huge_pages()
+  xla_flags.apply()
 
 import argparse  # noqa: E402
 import functools
@@ -32,17 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import cifar_recipe
-from src import data, models, optim, parallel, replicas, train
+from src import data, models, optim, parallel, replicas
+from src.step import build_model, create_state, jit_train_step, stack
 
 
 def case_config(name, batch, dtype, conv_chunk, scan, steps_per_call, conv_impl="auto", remat=False, num_seeds=1):
   c = cifar_recipe(name if name.startswith("cifar_") else "cifar_resnet20")
   c.model.name = name
   c.model.shortcut = "A" if name.startswith("cifar_") else "B"
-  c.model.dtype, c.model.conv_impl, c.model.conv_chunk, c.model.scan = dtype, conv_impl, conv_chunk, scan
-  c.model.remat = remat
+  c.model.dtype, c.model.scan = dtype, scan
+  c.execution.conv_impl, c.execution.conv_chunk, c.execution.remat = conv_impl, conv_chunk, remat
   c.model.bn_group_size = 0
-  c.batch_size, c.steps_per_call, c.num_seeds = batch, steps_per_call, num_seeds
+  c.batch_size, c.execution.steps_per_call, c.num_seeds = batch, steps_per_call, num_seeds
   return c
 
 
@@ -65,13 +70,13 @@ def peak_memory_bytes():
 def build(config, shape, abstract=False):
   """The mesh, the train state and the jitted step. abstract: the state's shapes only (nothing initialised)."""
   mesh = parallel.make_mesh()
-  model = train.build_model(config, num_classes=10)
+  model = build_model(config, num_classes=10)
   if abstract:
-    state = jax.eval_shape(lambda: train.create_state(config, model, shape, mesh)[0])
+    state = jax.eval_shape(lambda: create_state(config, model, shape, mesh)[0])
     tx = optim.make_optimizer(config, state.params)
   else:
-    state, tx = train.create_state(config, model, shape, mesh)
-  return mesh, state, train.jit_train_step(config, model, tx, jnp.full(shape, 120.0), mesh)
+    state, tx = create_state(config, model, shape, mesh)
+  return mesh, state, jit_train_step(config, model, tx, jnp.full(shape, 120.0), mesh)
 
 
 def time_steps(runs: dict, n, windows=3) -> dict:
@@ -146,7 +151,7 @@ def bench_case(
       step_i[0] += steps_per_call
       if steps_per_call == 1:
         return replicas.train_batch(pipeline, i, local, seeds)
-      return train.stack([replicas.train_batch(pipeline, i + j, local, seeds) for j in range(steps_per_call)])
+      return stack([replicas.train_batch(pipeline, i + j, local, seeds) for j in range(steps_per_call)])
 
     n = 20
     t = time.perf_counter()

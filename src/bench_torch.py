@@ -129,7 +129,6 @@ def train_peer(
   saving when `time_limit_minutes` > 0 is nearly spent (2 x the longest log interval + 10 s left).
   """
   t_begin = time.time()
-  os.makedirs(workdir, exist_ok=True)
   config = dict(
       image_dir=image_dir,
       depth=depth,
@@ -145,133 +144,179 @@ def train_peer(
       weight_decay=1e-4,
       peer=f"pytorch {torch.__version__} eager, {torch.get_num_threads()} threads",
   )
-  ckpt_path, metrics_path = os.path.join(workdir, "peer.pt"), os.path.join(workdir, "metrics.jsonl")
-  images, labels = load_folder(os.path.join(image_dir, "train"))
-  test_images, test_labels = load_folder(os.path.join(image_dir, "test"))
-  perm = np.random.RandomState(0).permutation(len(images))
-  train_idx, val_idx = perm[val_size:], perm[:val_size]
-  mean = images[train_idx].astype(np.float64).mean(0).astype(np.float32) / 255.0
-
-  def tensor(x):  # uint8 NHWC -> float NCHW, mean subtracted
-    return torch.from_numpy(x.astype(np.float32) / 255.0 - mean).permute(0, 3, 1, 2).contiguous()
-
-  x, y = tensor(images[train_idx]), torch.from_numpy(labels[train_idx])
-  splits = {"val": (tensor(images[val_idx]), torch.from_numpy(labels[val_idx]))} if val_size else {}
-  splits["test"] = (tensor(test_images), torch.from_numpy(test_labels))
-
-  torch.manual_seed(seed)
-  model = CifarResNet(depth, num_classes=int(labels.max()) + 1)
-  for m in model.modules():
-    if isinstance(m, tnn.Conv2d):
-      tnn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-  gen = torch.Generator().manual_seed(seed)  # the data order: per-epoch shuffles
-  rng = np.random.RandomState(seed + 1)  # augmentation
-  start, order, pos, wall_before = 0, None, 0, 0.0
-  if os.path.exists(ckpt_path):
-    ck = torch.load(ckpt_path, weights_only=False)
-    if ck["config"] != config:
-      raise SystemExit(f"error: {workdir} holds a peer run of another config ({ck['config']}); use another workdir.")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["opt"])
-    gen.set_state(ck["gen"])
-    rng.set_state(ck["rng"])
-    start, order, pos, wall_before = ck["step"], ck["order"], ck["pos"], ck["wall_time_s"]
-    log(f"peer: resumed from {ckpt_path} at step {start}")
-  rows = []
-  if os.path.exists(metrics_path):  # keep exactly the rows up to the checkpoint's step
-    with open(metrics_path) as f:
-      rows = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= start]
-  with open(metrics_path, "w") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  _write_json(os.path.join(workdir, "config.json"), config)
-
-  def evaluate():
-    model.eval()
-    out = {}
-    with torch.no_grad():
-      for split, (ex, ey) in splits.items():
-        logits = torch.cat([model(ex[i : i + 1000]) for i in range(0, len(ex), 1000)])
-        out[f"{split}/error"] = float((logits.argmax(1) != ey).float().mean())
-        out[f"{split}/loss"] = float(F.cross_entropy(logits, ey))
-    model.train()
-    return out
-
+  peer = _Peer(config, workdir, log)
   eval_every = min(2000, max(100, round(steps / 8 / 100) * 100))
-  losses, errors, last = [], [], {}
-  t_start, t_check, longest = time.time(), time.time(), 0.0
-  model.train()
-  for step in range(start + 1, steps + 1):
-    lr = 0.1 * 0.1 ** sum(step > b for b in config["boundaries"])
-    for group in opt.param_groups:
-      group["lr"] = lr
-    if order is None:
-      order = torch.empty(0, dtype=torch.int64)
-    while pos + 128 > len(order):  # a new epoch; the remainder of the old one starts the batch
-      order, pos = torch.cat([order[pos:], torch.randperm(len(x), generator=gen)]), 0
-    idx = order[pos : pos + 128]
-    pos += 128
-    padded = F.pad(x[idx], (4, 4, 4, 4))
-    dx, dy = rng.randint(0, 9, 128), rng.randint(0, 9, 128)
-    xb = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(128)])
-    flip = torch.from_numpy(rng.rand(128) < 0.5)
-    xb[flip] = xb[flip].flip(3)
-    opt.zero_grad(set_to_none=True)
-    logits = torch.cat([model(xb[:64]), model(xb[64:])])
-    loss = F.cross_entropy(logits, y[idx])
-    loss.backward()
-    opt.step()
-    losses.append(loss.item())
-    errors.append((logits.argmax(1) != y[idx]).float().mean().item())
+  longest, t_check = 0.0, time.time()
+  for step in range(peer.step + 1, steps + 1):
+    peer.train_step(step)
     if step % 100 and step != steps:
       continue
-    row = {"step": step, "train/loss": float(np.mean(losses)), "train/error": float(np.mean(errors)), "lr": lr}
-    losses, errors = [], []
-    if step % eval_every == 0 or step == steps:
-      row.update(evaluate())
+    row = peer.log_row(step, evaluate=step % eval_every == 0 or step == steps)
     now = time.time()
     longest, t_check = max(longest, now - t_check), now
     stop = time_limit_minutes > 0 and now - t_begin + 2 * longest + 10 >= 60 * time_limit_minutes
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(row) + "\n")
-    last.update(row)
     log(
         f"peer resnet{depth} step {step}/{steps} "
         + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if "/" in k)
-        + f"  ({now - t_start:.0f} s)"
+        + f"  ({now - peer.t_start:.0f} s)"
     )
     if step % eval_every == 0 or step == steps or stop:
-      ck = dict(
-          model=model.state_dict(),
-          opt=opt.state_dict(),
-          gen=gen.get_state(),
-          rng=rng.get_state(),
-          step=step,
-          order=order,
-          pos=pos,
-          config=config,
-          wall_time_s=wall_before + time.time() - t_start,
-      )
-      torch.save(ck, ckpt_path + ".tmp")
-      os.replace(ckpt_path + ".tmp", ckpt_path)
+      peer.save(step)
     if stop and step != steps:
       log(f"peer: time limit: saved the checkpoint of step {step}; exiting. Start the same command again.")
       raise SystemExit(0)
-  if not last:  # started again after the end
-    last = evaluate()
-  result = {
-      "name": f"peer-resnet{depth}",
-      "model": f"pytorch_cifar_resnet{depth}",
-      "dataset": "image_folder",
-      "data": {"dir": image_dir},
-      "steps": steps,
-      "params": sum(p.numel() for p in model.parameters()),
-      "wall_time_s": wall_before + time.time() - t_start,
-      "resumed_from": start,
-      **{k: v for k, v in last.items() if "/" in k},
-  }
-  _write_json(os.path.join(workdir, "result.json"), result)
-  return result
+  return peer.result()
+
+
+class _Peer:
+  """One peer run: its data, net, optimiser and random streams, resumed from <workdir>/peer.pt if there."""
+
+  def __init__(self, config, workdir, log):
+    self.config, self.workdir = config, workdir
+    os.makedirs(workdir, exist_ok=True)
+    self.ckpt_path, self.metrics_path = os.path.join(workdir, "peer.pt"), os.path.join(workdir, "metrics.jsonl")
+    self._load_data(config["image_dir"], config["val_size"])
+    torch.manual_seed(config["seed"])
+    self.model = CifarResNet(config["depth"], num_classes=self.num_classes)
+    for m in self.model.modules():
+      if isinstance(m, tnn.Conv2d):
+        tnn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    self.gen = torch.Generator().manual_seed(config["seed"])  # the data order: per-epoch shuffles
+    self.rng = np.random.RandomState(config["seed"] + 1)  # augmentation
+    self.step, self.order, self.pos, self.wall_before = 0, torch.empty(0, dtype=torch.int64), 0, 0.0
+    if os.path.exists(self.ckpt_path):
+      self._resume(log)
+    rows = []
+    if os.path.exists(self.metrics_path):  # keep exactly the rows up to the checkpoint's step
+      with open(self.metrics_path) as f:
+        rows = [r for r in map(json.loads, filter(str.strip, f)) if r["step"] <= self.step]
+    with open(self.metrics_path, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    _write_json(os.path.join(workdir, "config.json"), config)
+    self.start, self.t_start = self.step, time.time()
+    self.losses, self.errors, self.last = [], [], {}
+    self.model.train()
+
+  def _load_data(self, image_dir, val_size):
+    images, labels = load_folder(os.path.join(image_dir, "train"))
+    test_images, test_labels = load_folder(os.path.join(image_dir, "test"))
+    perm = np.random.RandomState(0).permutation(len(images))
+    train_idx, val_idx = perm[val_size:], perm[:val_size]
+    mean = images[train_idx].astype(np.float64).mean(0).astype(np.float32) / 255.0
+
+    def tensor(x):  # uint8 NHWC -> float NCHW, mean subtracted
+      return torch.from_numpy(x.astype(np.float32) / 255.0 - mean).permute(0, 3, 1, 2).contiguous()
+
+    self.x, self.y = tensor(images[train_idx]), torch.from_numpy(labels[train_idx])
+    self.splits = {"val": (tensor(images[val_idx]), torch.from_numpy(labels[val_idx]))} if val_size else {}
+    self.splits["test"] = (tensor(test_images), torch.from_numpy(test_labels))
+    self.num_classes = int(labels.max()) + 1
+
+  def _resume(self, log):
+    ck = torch.load(self.ckpt_path, weights_only=False)
+    if ck["config"] != self.config:
+      raise SystemExit(
+          f"error: {self.workdir} holds a peer run of another config ({ck['config']}); use another workdir."
+      )
+    self.model.load_state_dict(ck["model"])
+    self.opt.load_state_dict(ck["opt"])
+    self.gen.set_state(ck["gen"])
+    self.rng.set_state(ck["rng"])
+    self.step, self.order, self.pos, self.wall_before = ck["step"], ck["order"], ck["pos"], ck["wall_time_s"]
+    log(f"peer: resumed from {self.ckpt_path} at step {self.step}")
+
+  def batch(self):
+    """The next 128 training images, augmented, and their labels."""
+    while self.pos + 128 > len(self.order):  # a new epoch; the remainder of the old one starts the batch
+      self.order, self.pos = torch.cat([self.order[self.pos :], torch.randperm(len(self.x), generator=self.gen)]), 0
+    idx = self.order[self.pos : self.pos + 128]
+    self.pos += 128
+    padded = F.pad(self.x[idx], (4, 4, 4, 4))
+    dx, dy = self.rng.randint(0, 9, 128), self.rng.randint(0, 9, 128)
+    xb = torch.stack([padded[i, :, dy[i] : dy[i] + 32, dx[i] : dx[i] + 32] for i in range(128)])
+    flip = torch.from_numpy(self.rng.rand(128) < 0.5)
+    xb[flip] = xb[flip].flip(3)
+    return xb, self.y[idx]
+
+  def lr(self, step):
+    return 0.1 * 0.1 ** sum(step > b for b in self.config["boundaries"])
+
+  def train_step(self, step):
+    """SGD step `step` (1-based), BN over the two halves of the batch separately."""
+    for group in self.opt.param_groups:
+      group["lr"] = self.lr(step)
+    xb, yb = self.batch()
+    self.opt.zero_grad(set_to_none=True)
+    logits = torch.cat([self.model(xb[:64]), self.model(xb[64:])])
+    loss = F.cross_entropy(logits, yb)
+    loss.backward()
+    self.opt.step()
+    self.losses.append(loss.item())
+    self.errors.append((logits.argmax(1) != yb).float().mean().item())
+    self.step = step
+
+  def evaluate(self):
+    self.model.eval()
+    out = {}
+    with torch.no_grad():
+      for split, (ex, ey) in self.splits.items():
+        logits = torch.cat([self.model(ex[i : i + 1000]) for i in range(0, len(ex), 1000)])
+        out[f"{split}/error"] = float((logits.argmax(1) != ey).float().mean())
+        out[f"{split}/loss"] = float(F.cross_entropy(logits, ey))
+    self.model.train()
+    return out
+
+  def log_row(self, step, evaluate: bool) -> dict:
+    """The metrics.jsonl row of this log step (the mean loss and error since the last one), appended there."""
+    row = {
+        "step": step,
+        "train/loss": float(np.mean(self.losses)),
+        "train/error": float(np.mean(self.errors)),
+        "lr": self.lr(step),
+    }
+    self.losses, self.errors = [], []
+    if evaluate:
+      row.update(self.evaluate())
+    with open(self.metrics_path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    self.last.update(row)
+    return row
+
+  def wall_time(self):
+    return self.wall_before + time.time() - self.t_start
+
+  def save(self, step):
+    ck = dict(
+        model=self.model.state_dict(),
+        opt=self.opt.state_dict(),
+        gen=self.gen.get_state(),
+        rng=self.rng.get_state(),
+        step=step,
+        order=self.order,
+        pos=self.pos,
+        config=self.config,
+        wall_time_s=self.wall_time(),
+    )
+    torch.save(ck, self.ckpt_path + ".tmp")
+    os.replace(self.ckpt_path + ".tmp", self.ckpt_path)
+
+  def result(self) -> dict:
+    last = self.last or self.evaluate()  # started again after the end: evaluate the saved net
+    c = self.config
+    result = {
+        "name": f"peer-resnet{c['depth']}",
+        "model": f"pytorch_cifar_resnet{c['depth']}",
+        "dataset": "image_folder",
+        "data": {"dir": c["image_dir"]},
+        "steps": c["steps"],
+        "params": sum(p.numel() for p in self.model.parameters()),
+        "wall_time_s": self.wall_time(),
+        "resumed_from": self.start,
+        **{k: v for k, v in last.items() if "/" in k},
+    }
+    _write_json(os.path.join(self.workdir, "result.json"), result)
+    return result
 
 
 if __name__ == "__main__":

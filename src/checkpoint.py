@@ -18,28 +18,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
-
-class CheckpointMismatchError(ValueError):
-  """The checkpoint holds a train state of another structure, shape or dtype than the one being restored into:
-  another experiment (optimiser, momentum form, model), not damage. Raised before anything is moved or written.
-
-  Attributes: step (int), differences (list of str, e.g. 'opt_state/inner_state/1/... (23 arrays): in this train
-  state, not in the checkpoint', see tree_differences).
-  """
-
-  def __init__(self, step: int, differences):
-    self.step, self.differences = step, list(differences)
-    shown = "; ".join(self.differences[:4]) + (
-        f"; and {len(self.differences) - 4} more" if len(differences) > 4 else ""
-    )
-    super().__init__(f"checkpoint {step} does not fit this train state: {shown}")
-
-
-class CheckpointReadError(OSError):
-  """A checkpoint could not be read, and not because it is damaged: an error that persisted through the retries
-  (out of memory, an unavailable network filesystem, too many open files) or one that is neither transient nor
-  damage. Nothing was moved: the same command resumes once the cause is gone."""
-
+from src.errors import CheckpointMismatchError, CheckpointReadError
 
 # What a damaged checkpoint raises (a truncated or deleted file, a cut JSON file; measured on Orbax 0.12.8 with
 # TensorStore): FileNotFoundError, json.JSONDecodeError, or TensorStore errors whose message starts with one of

@@ -22,10 +22,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from src import checkpoint, data, models, paper, parallel, replicas, train
+from src import checkpoint, data, models, paper, parallel, replicas
 from src.cpu import xla_flags
-from src.config_check import ConfigError, validate
-from src.train import normalize
+from src.config_check import validate
+from src.errors import ConfigError
+from src.step import build_model, normalize
 
 
 def load_members(run_dir: str, num_classes: int) -> list:
@@ -37,7 +38,7 @@ def load_members(run_dir: str, num_classes: int) -> list:
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   state = checkpoint.load_saved_state(run_dir)
-  model = train.build_model(config, num_classes=num_classes)
+  model = build_model(config, num_classes=num_classes)
   config.step = int(np.max(state["step"]))
   out = []
   for r, variables in enumerate(replicas.replica_variables(state, config)):
@@ -125,7 +126,7 @@ def eval_call_memory(config, protocol: str, num_classes: int = 1000) -> dict:
   Memory that XLA does not allocate (oneDNN's scratch under conv_impl=onednn) is not counted.
   """
   mesh = parallel.make_mesh()
-  model = train.build_model(config, num_classes=num_classes)
+  model = build_model(config, num_classes=num_classes)
   d = config.data
   crop = d.get("crop", 32)
   channels = 3

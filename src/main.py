@@ -5,10 +5,12 @@ Flags only; the work is in src/train.py (one run) and src/sweep.py (a config wit
 
 import os
 
-if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then
+if __name__ == "__main__":  # before JAX starts: glibc reads its tunables only then, XLA its flags
+  from src.cpu import xla_flags
   from src.cpu.hugepages import restart_with_huge_pages
 
   restart_with_huge_pages()
+  xla_flags.apply()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow (used by tfds) is chatty on import
 
 from absl import app, flags, logging
@@ -85,17 +87,16 @@ def main(argv):
   from src import parallel  # imported here so `--help` stays fast
 
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
-  from src.checkpoint import CheckpointReadError
-  from src.config_check import ConfigError, check_workdir
-  from src.data import DatasetMissingError
-  from src.train import CheckpointWriteError, DivergedError, Stopped
+  from src.config_check import check_workdir
+  from src.errors import CheckpointReadError, CheckpointWriteError, ConfigError, DatasetMissingError, DivergedError
+  from src.parallel import Stopped
 
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir()
   try:
     check_workdir(workdir)
     _stopped_marker(workdir, None)
-    if config.get("mode", "train") == "eval":
+    if config.mode == "eval":
       if config.get("sweep"):
         raise ConfigError(
             "mode=eval evaluates one run: use a single-run config (e.g. configs/cifar_resnet.py) "

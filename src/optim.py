@@ -1,7 +1,10 @@
 """The paper's SGD recipe as optax transforms, and its learning-rate schedules.
 
-The learning rate lives in the optimiser state (optax.inject_hyperparams), so the train step can set it
-from the schedule and the ResNet-110 warm-up flag, and a checkpoint holds it.
+An optimiser is a function of (learning_rate, **fields of config.optim) returning an optax transform, registered
+in OPTIMIZERS under the name `config.optim.name` selects; the recipe's is "sgd". make_optimizer wraps it in
+optax.inject_hyperparams, so its learning rate lives in the optimiser state: the train step sets it every step
+(set_learning_rate) from the schedule, the warm-up flag and the plateau rule, and a checkpoint holds it. A new
+optimiser is one function and one entry here (and its fields in the config).
 """
 
 import flax
@@ -9,6 +12,60 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from src.errors import positive_int, require
+
+
+def check_config(config, *, has_val: bool):
+  """Checks `schedule` (base_lr, boundaries, factor, kind, the plateau rule's fields, warm-up) and `optim`
+  (momentum, weight_decay, momentum_form). has_val: the data has a validation split, which 'plateau' watches.
+
+  Raises:
+    ConfigError: naming the field and its valid values.
+  """
+  s = config.schedule
+  require(s.base_lr > 0, "schedule.base_lr", f"must be > 0, got {s.base_lr!r}.")
+  require(
+      list(s.boundaries) == sorted(s.boundaries) and all(0 < b for b in s.boundaries),
+      "schedule.boundaries",
+      f"must be increasing positive step numbers, got {list(s.boundaries)!r}.",
+  )
+  require(0 < s.factor <= 1, "schedule.factor", f"must be in (0, 1], got {s.factor!r}.")
+  kind = s.kind
+  require(
+      kind in ("step", "plateau"),
+      "schedule.kind",
+      f"must be 'step' (x factor at the boundaries) or 'plateau' (when the val error plateaus), got {kind!r}.",
+  )
+  if kind == "plateau":
+    require(has_val, "schedule.kind", "'plateau' watches the validation error: set data.val_size > 0.")
+    require(
+        s.plateau_metric in ("val/error", "val/top5_error", "val/loss"),
+        "schedule.plateau_metric",
+        f"must be 'val/error', 'val/top5_error' or 'val/loss', got {s.plateau_metric!r}.",
+    )
+    positive_int(s["plateau_patience"], "schedule.plateau_patience")
+    require(s.plateau_min_delta >= 0, "schedule.plateau_min_delta", f"must be >= 0, got {s.plateau_min_delta!r}.")
+  require(s.warmup_lr >= 0, "schedule.warmup_lr", f"must be >= 0 (0 = no warm-up), got {s.warmup_lr!r}.")
+  require(
+      0 < s.warmup_until_error <= 1,
+      "schedule.warmup_until_error",
+      f"is a training error fraction in (0, 1] (paper: 0.8), got {s.warmup_until_error!r}.",
+  )
+  o = config.optim
+  name = o.name
+  require(name in OPTIMIZERS, "optim.name", f"must be one of {sorted(OPTIMIZERS)}, got {name!r}.")
+  require(0 <= o.momentum < 1, "optim.momentum", f"must be in [0, 1), got {o.momentum!r}.")
+  require(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay!r}.")
+  _check_momentum_form(o.momentum_form)
+
+
+def _check_momentum_form(momentum_form):
+  require(
+      momentum_form in ("caffe", "optax"),
+      "optim.momentum_form",
+      f"must be 'caffe' (v = m v + lr g) or 'optax' (v = m v + g; w -= lr v), got {momentum_form!r}.",
+  )
 
 
 def weight_decay_mask(params, decay_bn_and_bias: bool):
@@ -25,38 +82,41 @@ def sgd(learning_rate, *, momentum: float, weight_decay: float, momentum_form: s
   momentum_form='caffe': v <- m v + lr (g + wd w), w <- w - v   (Caffe; the paper's framework)
   momentum_form='optax': v <- m v + (g + wd w), w <- w - lr v   (optax.sgd, PyTorch)
   Both are equal while lr is constant; they differ right after an lr step: Caffe's form keeps the
-  velocity's old scale. (Neither scales g by (1 - m), a third form some frameworks use.)
+  velocity's old scale. (Neither scales g by (1 - m), a third form some frameworks use.) Another form raises
+  ConfigError (a ValueError).
   """
+  _check_momentum_form(momentum_form)
   decay = optax.add_decayed_weights(weight_decay, mask)
   if momentum_form == "caffe":
     return optax.chain(
         decay, optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum, nesterov=nesterov)
     )
-  if momentum_form == "optax":
-    return optax.chain(
-        decay, optax.trace(decay=momentum, nesterov=nesterov), optax.scale_by_learning_rate(learning_rate)
-    )
-  raise ValueError(f"optim.momentum_form must be 'caffe' or 'optax', got {momentum_form!r}.")
+  return optax.chain(decay, optax.trace(decay=momentum, nesterov=nesterov), optax.scale_by_learning_rate(learning_rate))
+
+
+OPTIMIZERS = {"sgd": sgd}
 
 
 def make_optimizer(config, params):
-  o = config.optim
-  mask = weight_decay_mask(params, o.decay_bn_and_bias)
-  return optax.inject_hyperparams(sgd, static_args=("momentum", "weight_decay", "momentum_form", "nesterov", "mask"))(
-      learning_rate=config.schedule.base_lr,
-      momentum=o.momentum,
-      weight_decay=o.weight_decay,
-      momentum_form=o.momentum_form,
-      nesterov=o.nesterov,
-      mask=mask,
-  )
+  """The optimiser `config.optim.name` names, with every other field of config.optim (decay_bn_and_bias becomes
+  the weight-decay `mask`) as a static argument and the learning rate as an injected hyperparameter."""
+  fields = {k: v for k, v in dict(config.optim).items() if k not in ("name", "decay_bn_and_bias")}
+  fields["mask"] = weight_decay_mask(params, config.optim.decay_bn_and_bias)
+  make = OPTIMIZERS[config.optim.name]
+  return optax.inject_hyperparams(make, static_args=tuple(fields))(learning_rate=config.schedule.base_lr, **fields)
+
+
+def set_learning_rate(opt_state, lr):
+  """The optimiser state of make_optimizer with this step's learning rate (an optax.InjectHyperparamsState)."""
+  opt_state.hyperparams["learning_rate"] = lr
+  return opt_state
 
 
 def make_schedule(config):
   """kind 'step': base_lr, multiplied by `factor` at each boundary (CIFAR: 0.1 at 32k and 48k; ImageNet's
   common fixed-epoch form: epochs 30 and 60). kind 'plateau': base_lr times PlateauState.scale."""
   s = config.schedule
-  if s.get("kind", "step") == "plateau":
+  if s.kind == "plateau":
     return optax.constant_schedule(s.base_lr)
   return optax.piecewise_constant_schedule(s.base_lr, {int(b): s.factor for b in s.boundaries})
 
@@ -80,7 +140,7 @@ def plateau_update(config, p: PlateauState, error: float) -> PlateauState:
   """After an evaluation: an error that is not `plateau_min_delta` below the best for `plateau_patience`
   evaluations in a row multiplies the lr by `factor` (and the count starts again). Host-side, on floats."""
   s = config.schedule
-  if s.get("kind", "step") != "plateau":
+  if s.kind != "plateau":
     return p
   best, waited, scale = float(p.best), int(p.waited), float(p.scale)
   if error < best - s.plateau_min_delta:

@@ -11,7 +11,8 @@ import os
 
 from src import paper
 from src.config_check import validate
-from src.train import Preemption, train_and_evaluate
+from src.parallel import Preemption
+from src.train import train_and_evaluate
 
 
 def run_config(config, overrides: dict):
@@ -36,7 +37,7 @@ def run_sweep(config, workdir: str, log=print):
     validate(run)
   results = []
   # One SIGTERM handler and one time budget for the whole sweep: a signal between two runs stops the next.
-  preempt = Preemption(time_limit_minutes=config.get("time_limit_minutes", 0.0))
+  preempt = Preemption(time_limit_minutes=config.time_limit_minutes)
   try:
     for i, run in enumerate(runs):
       run_dir = os.path.join(workdir, run.name)

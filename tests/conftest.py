@@ -5,6 +5,12 @@ import sys
 import numpy as np
 import pytest
 
+from src.cpu import xla_flags
+
+# The test process runs every jit, its own references' too, with the project's XLA:CPU options, as src.main does
+# (importing src no longer sets them: src/cpu/xla_flags.py).
+xla_flags.apply()
+
 from tests.fake_cifar import fake_cifar10_dir  # noqa: F401  (session fixture: a prepared fake CIFAR-10)
 from tests.fake_imagenet import fake_imagenet_dir  # noqa: F401  (session fixture: a prepared fake ImageNet)
 

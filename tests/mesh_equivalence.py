@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import cifar_recipe
-from src import models, parallel, train
+from src import models, parallel
+from src import step as train_steps
 
 
 def batches(n, batch=32, seed=0):
@@ -28,9 +29,9 @@ def batches(n, batch=32, seed=0):
 
 def run(config, devices, data, mean):
   mesh = parallel.make_mesh(devices)
-  model = train.build_model(config, num_classes=10)
-  state, tx = train.create_state(config, model, (32, 32, 3), mesh)
-  step = train.jit_train_step(config, model, tx, mean, mesh)
+  model = train_steps.build_model(config, num_classes=10)
+  state, tx = train_steps.create_state(config, model, (32, 32, 3), mesh)
+  step = train_steps.jit_train_step(config, model, tx, mean, mesh)
   losses = []
   for b in data:
     state, m = step(state, parallel.global_batch(b, mesh))
@@ -63,7 +64,7 @@ def main():
   grouped = models.model_from_config(per_dev.model, num_classes=10)
   whole = models.model_from_config(sync.model, num_classes=10)
   variables = jax.device_get({"params": s1.params, "batch_stats": s1.batch_stats})
-  x = train.normalize(jnp.asarray(data[0]["image"]), mean)
+  x = train_steps.normalize(jnp.asarray(data[0]["image"]), mean)
   apply = jax.jit(
       lambda v, x: grouped.apply(v, x, train=True, mutable=["batch_stats"]),
       in_shardings=(parallel.replicated(mesh8), parallel.batch_sharded(mesh8)),
@@ -81,9 +82,9 @@ def main():
   #    gradients + BN statistics).
   def all_reduces(config):
     model = models.model_from_config(config.model, num_classes=10)
-    state, tx = train.create_state(config, model, (32, 32, 3), mesh8)
+    state, tx = train_steps.create_state(config, model, (32, 32, 3), mesh8)
     rep = parallel.replicated(mesh8)
-    fn = jax.jit(train.make_train_step(config, model, tx, mean), out_shardings=(rep, rep))
+    fn = jax.jit(train_steps.make_train_step(config, model, tx, mean), out_shardings=(rep, rep))
     hlo = fn.lower(state, parallel.global_batch(data[0], mesh8)).compile().as_text()
     return hlo.count(" all-reduce(") + hlo.count(" all-reduce-start(")
 

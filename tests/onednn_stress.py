@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from src.cpu import onednn
+from src.cpu import onednn, xla_flags
+
+xla_flags.apply()  # lax's reference convolutions with the project's XLA:CPU options, as in src.main
 
 DN = ("NHWC", "HWIO", "NHWC")
 # (kernel, strides, padding, size): the paper's convs (3x3, strided 3x3, 1x1 projections, the 7x7 stem) and odd ones.

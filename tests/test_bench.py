@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.common import cifar_recipe
-from src import models, parallel, train
+from src import models, parallel
+from src import step as train_steps
 from tests.conftest import REPO
 
 
@@ -49,11 +50,11 @@ def test_train_step_never_recompiles():
   config.schedule.boundaries = (2, 4)  # lr changes and the warm-up switch are traced values: no recompiles
   config.schedule.warmup_lr, config.schedule.warmup_max_steps = 0.01, 3
   mesh, model = parallel.make_mesh(), models.model_from_config(config.model, num_classes=10)
-  state, tx = train.create_state(config, model, (32, 32, 3), mesh)
+  state, tx = train_steps.create_state(config, model, (32, 32, 3), mesh)
   rep = parallel.replicated(mesh)
   compiles = []
   step = jax.jit(
-      train.make_train_step(config, model, tx, jnp.zeros((32, 32, 3))), donate_argnums=0, out_shardings=(rep, rep)
+      train_steps.make_train_step(config, model, tx, jnp.zeros((32, 32, 3))), donate_argnums=0, out_shardings=(rep, rep)
   )
   rng = np.random.default_rng(0)
   lrs = []

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from src.data import DatasetMissingError, cifar, combine_means, get_dataset, mnist5k
+from src.data import cifar, get_dataset, mnist5k
+from src.data.means import combine_means
+from src.errors import DatasetMissingError
 from tests.fake_cifar import LABEL_NAMES, fake_cifar10_arrays
 
 VAL = 100  # fake data: 600 train -> 500 train / 100 val, 200 test

@@ -10,7 +10,7 @@ import pytest
 from configs.common import cifar_recipe
 from src import data, models, optim
 from src.evaluate import load_members, topk_errors
-from src.train import normalize
+from src.step import normalize
 from tests.conftest import run_main, tiny_cifar_args
 from tests.test_train import read_jsonl
 

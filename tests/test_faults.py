@@ -13,7 +13,8 @@ import time
 import pytest
 
 from configs.common import cifar_recipe
-from src.config_check import ConfigError, validate
+from src.config_check import validate
+from src.errors import ConfigError
 from tests.conftest import REPO, assert_trees_bitwise_equal, load_state, run_main, start_main, tiny_cifar_args
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -150,15 +151,18 @@ def bad(base=None, **changes):
 
 
 BAD_CONFIGS = [
-    (dict(model__name="cifar_resnet21"), "config.model.name: CIFAR nets have 6n+2 layers; got depth 21"),
+    (
+        dict(model__name="cifar_resnet21"),
+        "config.model.name: CIFAR nets of basic blocks have 6n+2 layers; got depth 21",
+    ),
     (dict(model__name="resnet19"), "valid depths: [18, 34, 50, 101, 152]"),
     (dict(model__name="alexnet"), "config.model.name: Unknown model 'alexnet'. Valid names"),
     (dict(model__shortcut="D"), "config.model.shortcut: must be one of ['A', 'B', 'C']"),
     (dict(model__dtype="float64"), "config.model.dtype: must be one of ['bfloat16', 'float32']"),
     (dict(model__dtype="float16"), "config.model.dtype: float16 is refused: without loss scaling"),
     (dict(model__bn_group_size=48), "config.model.bn_group_size: must divide batch_size 128"),
-    (dict(model__conv_chunk=-1), "config.model.conv_chunk: must be >= 0"),
-    (dict(model__conv_impl="cudnn"), "config.model.conv_impl: must be one of"),
+    (dict(execution__conv_chunk=-1), "config.execution.conv_chunk: must be >= 0"),
+    (dict(execution__conv_impl="cudnn"), "config.execution.conv_impl: must be one of"),
     (dict(model__scan="sometimes"), "config.model.scan: must be 'auto', 'true' or 'false'"),
     (dict(data__name="imagenet21k"), "config.data.name: must be one of"),
     (dict(data__val_size=-5), "config.data.val_size: must be an integer >= 0"),
@@ -167,7 +171,7 @@ BAD_CONFIGS = [
     (dict(eval_batch_size=1001), "config.eval_batch_size: 1001 is not divisible by the 8 devices"),
     (dict(num_steps=-1), "config.num_steps: must be a positive integer"),
     (dict(log_every=0), "config.log_every: must be a positive integer"),
-    (dict(steps_per_call=3), "config.num_steps: 64000 must be a multiple of steps_per_call (3)"),
+    (dict(execution__steps_per_call=3), "config.num_steps: 64000 must be a multiple of execution.steps_per_call (3)"),
     (dict(eval_every=150), "config.eval_every: 150 must be a multiple of log_every (100)"),
     (dict(schedule__base_lr=0.0), "config.schedule.base_lr: must be > 0"),
     (dict(schedule__boundaries=(48000, 32000)), "config.schedule.boundaries: must be increasing"),
@@ -234,7 +238,8 @@ def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from src import models, parallel, train
+  from src import models, parallel
+  from src import step as train_steps
   # In-process: 5 single steps against one call of 5 scanned steps, from the same state on the same batches.
   config = cifar_recipe("cifar_resnet8")
   mesh, model = parallel.make_mesh(), models.model_from_config(config.model, num_classes=10)
@@ -247,32 +252,34 @@ def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path
       for _ in range(5)
   ]
   mean = jnp.full((32, 32, 3), 120.0)
-  single, tx = train.create_state(config, model, (32, 32, 3), mesh)
-  step = jax.jit(train.make_train_step(config, model, tx, mean))
+  single, tx = train_steps.create_state(config, model, (32, 32, 3), mesh)
+  step = jax.jit(train_steps.make_train_step(config, model, tx, mean))
   losses = []
   for b in batches:
     single, m = step(single, b)
     losses.append(float(m["train/loss"]))
-  multi, _ = train.create_state(config, model, (32, 32, 3), mesh)
-  multi, m = jax.jit(train.make_multi_step(train.make_train_step(config, model, tx, mean)))(multi, train.stack(batches))
+  multi, _ = train_steps.create_state(config, model, (32, 32, 3), mesh)
+  multi, m = jax.jit(train_steps.make_multi_step(train_steps.make_train_step(config, model, tx, mean)))(
+      multi, train_steps.stack(batches)
+  )
   np.testing.assert_allclose(np.asarray(m["train/loss"]), losses, rtol=1e-4)
   assert int(multi.step) == 5
   for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-3)  # float reassociation, 5 steps at lr 0.1
   # Through src.main: logging and checkpoints on the same steps as single-step training.
-  run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, steps_per_call=5))
+  run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path, steps=30, **{"execution.steps_per_call": 5}))
   assert metric_steps(tmp_path) == list(range(5, 31, 5))
   assert int(load_state(tmp_path)["step"]) == 30
 
 
 def test_resuming_a_workdir_checks_the_experiment_not_how_it_is_run(tmp_path):
-  from src.train import check_same_run
+  from src.resume import check_same_run
 
   saved = cifar_recipe("cifar_resnet20")
   (tmp_path / "config.json").write_text(saved.to_json())
   same = cifar_recipe("cifar_resnet20")  # what may change on resume (README): the maths stay the same
-  same.model.conv_impl, same.model.conv_chunk, same.model.remat = "xla", 0, True  # e.g. resumed on a GPU
-  same.data.data_dir, same.num_steps, same.steps_per_call, same.eval_batch_size = "/elsewhere", 96_000, 4, 512
+  same.execution.conv_impl, same.execution.conv_chunk, same.execution.remat = "xla", 0, True  # e.g. resumed on a GPU
+  same.data.data_dir, same.num_steps, same.execution.steps_per_call, same.eval_batch_size = "/elsewhere", 96_000, 4, 512
   same.log_every, same.eval_every, same.checkpoint_every, same.keep_checkpoints = 50, 1000, 1000, 5
   same.eval.protocols, same.xla_cpu_ynn_fusions, same.async_checkpoints = ("center",), True, False
   check_same_run(same, str(tmp_path))
@@ -313,9 +320,9 @@ def test_resnet1202_trains_with_the_warmup_and_rematerialised_stages():
   sweep = cifar_depth_sweep.get_config("resnet1202")
   runs = {o["name"]: run_config(sweep, o) for o in sweep.sweep}
   for config in (cifar_resnet.get_config("depth=1202"), runs["resnet1202"]):
-    assert config.schedule.warmup_lr == 0.01 and config.model.remat is True
+    assert config.schedule.warmup_lr == 0.01 and config.execution.remat is True
     validate(config, device_count=8, process_count=1)
-  assert runs["resnet110"].schedule.warmup_lr == 0.01 and runs["resnet110"].model.remat is False
+  assert runs["resnet110"].schedule.warmup_lr == 0.01 and runs["resnet110"].execution.remat is False
   assert runs["resnet56"].schedule.warmup_lr == 0.0
 
 
@@ -355,11 +362,12 @@ def test_resume_with_another_optimiser_is_refused_before_anything_moves(tmp_path
 TRANSIENT = """
 import os, resource, sys, threading
 from configs.common import cifar_recipe
-from src import checkpoint, models, parallel, train
+from src import checkpoint, models, parallel
+from src import step as train_steps
 
 config = cifar_recipe("cifar_resnet8")
 model = models.model_from_config(config.model, num_classes=10)
-state, _ = train.create_state(config, model, (32, 32, 3), parallel.make_mesh())
+state, _ = train_steps.create_state(config, model, (32, 32, 3), parallel.make_mesh())
 ckpts = checkpoint.Checkpoints(sys.argv[1], async_save=False)
 ckpts.save(10, state, {"step": 10}, force=True)
 ckpts.wait()

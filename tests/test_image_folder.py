@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from src import paper
-from src.config_check import ConfigError, validate
-from src.data import DatasetMissingError, get_dataset, image_folder
+from src.config_check import validate
+from src.data import get_dataset, image_folder
+from src.errors import ConfigError, DatasetMissingError
 from tests.conftest import REPO, run_main, start_main
 
 ARCHIVE = os.path.join(os.path.dirname(REPO), "shared", "data", "cifar10-jpeg.tar.gz")

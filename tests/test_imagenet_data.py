@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from src import data
-from src.data import DatasetMissingError, imagenet
+from src.data import imagenet
+from src.errors import DatasetMissingError
 from tests.fake_imagenet import NUM_VAL, TRAIN_PER_CLASS, fake_imagenet_classes
 
 SMALL = dict(

@@ -108,12 +108,13 @@ import jax
 from src import config_check
 from src import cpu
 from src.cpu import onednn
+from src.errors import ConfigError
 from src.models import get_model
 from configs.common import cifar_recipe
-c = cifar_recipe("cifar_resnet8"); c.model.conv_impl = "onednn"
+c = cifar_recipe("cifar_resnet8"); c.execution.conv_impl = "onednn"
 try:
   config_check.validate(c)
-except config_check.ConfigError as e:
+except ConfigError as e:
   print("ERROR", e)
 print("AUTO", cpu.resolve_conv_impl("auto"))
 model = get_model("cifar_resnet8", **cpu.model_kernels("auto"))
@@ -123,8 +124,8 @@ print("HLO", "Onednn" in jax.jit(lambda v: model.apply(v, x, train=False)).lower
   env = {**os.environ, "CXX": "false", "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "ERROR config.model.conv_impl: 'onednn' cannot run here: building onednn_conv.cc failed" in out.stdout
-  assert "apt-get install libdnnl-dev g++" in out.stdout and "model.conv_impl='cpu'" in out.stdout
+  assert "ERROR config.execution.conv_impl: 'onednn' cannot run here: building onednn_conv.cc failed" in out.stdout
+  assert "apt-get install libdnnl-dev g++" in out.stdout and "execution.conv_impl='cpu'" in out.stdout
   assert "AUTO cpu" in out.stdout and "HLO False" in out.stdout
 
 
@@ -140,7 +141,7 @@ def test_two_processes_train_as_with_the_cpu_conv(fake_cifar10_dir, tmp_path):
         "--timeout=300",
         "--",
         *tiny_cifar_args(fake_cifar10_dir, workdir, steps=10),
-        f"--config.model.conv_impl={impl}",
+        f"--config.execution.conv_impl={impl}",
     ]
     out = subprocess.run(
         cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env={**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -4,8 +4,8 @@ tests/reference_resnet.py (no code shared with src/models, src/train or src/opti
 Two ways in, as users meet the nets:
 - `apply`: `jax.grad` of `model.apply` under a plain `jax.jit`, as a notebook or a user's own code calls it:
   the loss, every gradient leaf and the new BN running statistics of one batch.
-- `train_step`: the jitted train step exactly as `python -m src.main` compiles it (train.build_model and
-  train.jit_train_step: injected CPU kernels, donation, shardings, XLA options), 3 SGD steps of the paper's recipe:
+- `train_step`: the jitted train step exactly as `python -m src.main` compiles it (src.step.build_model and
+  src.step.jit_train_step: injected CPU kernels, donation, shardings, XLA options), 3 SGD steps of the paper's recipe:
   the loss of each step, every parameter and BN running statistic after the 3 steps.
 
 Each compares the largest relative error, max |project - reference| / max |reference| per leaf, with 1e-4 in
@@ -32,7 +32,8 @@ import optax
 import pytest
 
 from configs.common import cifar_recipe
-from src import cpu, models, parallel, train
+from src import cpu, models, parallel
+from src import step as train_steps
 from src.cpu import onednn
 from tests import reference_resnet as ref
 
@@ -194,7 +195,7 @@ def apply_parity(case):
 
 def train_config(case):
   c = cifar_recipe(case.name)
-  c.model.dtype, c.model.conv_impl = case.dtype, case.conv_impl
+  c.model.dtype, c.execution.conv_impl = case.dtype, case.conv_impl
   c.model.bn_group_size = case.arch.group or 0
   for k, v in case.fields:
     c.model[k] = v
@@ -206,15 +207,15 @@ def train_step_parity(case, steps=3):
   """Errors of 3 steps of the train step as src.main compiles it against 3 reference SGD steps."""
   config = train_config(case)
   mesh = parallel.make_mesh()
-  model = train.build_model(config, num_classes=10)
-  state, tx = train.create_state(config, model, (case.size, case.size, 3), mesh)
+  model = train_steps.build_model(config, num_classes=10)
+  state, tx = train_steps.create_state(config, model, (case.size, case.size, 3), mesh)
   mean = np.random.default_rng(9).uniform(100, 150, (case.size, case.size, 3)).astype(np.float32)
-  step = train.jit_train_step(config, model, tx, jnp.asarray(mean), mesh)
+  step = train_steps.jit_train_step(config, model, tx, jnp.asarray(mean), mesh)
   start = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
   losses, decided, flips, decide = [], [], 0, Decisions(case, model)
   for i in range(steps):
     images, labels = batch(case, i)
-    x = train.normalize(jnp.asarray(images), jnp.asarray(mean))
+    x = train_steps.normalize(jnp.asarray(images), jnp.asarray(mean))
     dec, n = decide(jax.device_get({"params": state.params, "batch_stats": state.batch_stats}), x)
     decided.append(dec)
     flips += n

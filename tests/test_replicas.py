@@ -14,6 +14,7 @@ from src import config_check, paper, sweep
 from src.analysis import load_metrics, load_runs, table6
 from src.analysis.plots import plot_fig6
 from src.checkpoint import load_saved_state
+from src.errors import ConfigError
 from src.metrics import read_metrics
 from tests.conftest import run_main, tiny_cifar_args
 
@@ -117,7 +118,7 @@ def test_eval_mode_evaluates_every_replica(runs, fake_cifar10_dir):
 def test_bad_num_seeds_is_refused(num_seeds, dataset, message):
   c = cifar_recipe("cifar_resnet8") if dataset == "cifar10" else imagenet_recipe("resnet18")
   c.num_seeds = num_seeds
-  with pytest.raises(config_check.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     config_check.validate(c)
 
 

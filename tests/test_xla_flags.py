@@ -1,5 +1,6 @@
-"""src/cpu/xla_flags.py: the project's XLA:CPU options reach every jit of a process that imports `src`, not only the
-train step; a process where JAX started first is told so."""
+"""src/cpu/xla_flags.py: importing `src` changes no process state; `apply()` (which src.main and src.bench call) gives
+every jit of the process the project's XLA:CPU options, not only the train step; a process where JAX started first
+is told so."""
 
 import subprocess
 import sys
@@ -13,7 +14,10 @@ import jax, jax.numpy as jnp
 {before}
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as caught:
-  import src
+  import src, src.train, src.evaluate, src.analysis  # changes nothing
+  assert "XLA_FLAGS" not in os.environ
+  from src.cpu import xla_flags
+  xla_flags.apply()
 x = jnp.ones((32, 8, 8, 64))
 hlo = jax.jit(lambda x: (x - x.mean(axis=(0, 1, 2))) * 2).lower(x).compile().as_text()
 print("YNN", "__ynn" in hlo or "kind=kCustom" in hlo, "WARNED", any("JAX started before" in str(w.message) for w in caught))

@@ -19,7 +19,8 @@ import numpy as np
 from src import data, models, replicas
 from src.analysis.runs import IMAGENET, load_runs
 from src.checkpoint import load_saved_state
-from src.train import normalize
+from src.cpu import xla_flags
+from src.step import normalize
 
 
 def _natural(name):
@@ -69,7 +70,7 @@ def _moments(model):
 
     return jax.tree.map(reduce, inter)
 
-  return jax.jit(moments)
+  return jax.jit(moments, compiler_options=xla_flags.compiler_options())
 
 
 def layer_response_std(

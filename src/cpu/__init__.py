@@ -11,14 +11,38 @@ They reach src/models only through its two injection points, the conv and BN con
 combination, whole nets and whole train steps, to an independent float64 reference.
 """
 
+from src.errors import require
+
 CONV_IMPLS = ("auto", "xla", "cpu", "onednn")
+
+
+def _check_conv_impl(conv_impl):
+  require(conv_impl in CONV_IMPLS, "execution.conv_impl", f"must be one of {list(CONV_IMPLS)}, got {conv_impl!r}.")
+
+
+def check_config(execution):
+  """Checks a config's `execution` block's CPU fields: conv_impl (with 'onednn', that oneDNN builds and
+  can run in this process: the kernels are built on first use, seconds) and conv_chunk.
+
+  Raises:
+    ConfigError: naming the field, its valid values, or why oneDNN cannot run here.
+  """
+  m = execution
+  _check_conv_impl(m.conv_impl)
+  if m.conv_impl == "onednn":  # builds the kernels on first use (seconds), so a missing library fails here
+    from src.cpu import onednn
+
+    why = onednn.unavailable()
+    require(not why, "execution.conv_impl", f"'onednn' cannot run here: {why}.")
+  require(
+      m.conv_chunk >= 0, "execution.conv_chunk", f"must be >= 0 (0 = the whole batch at once), got {m.conv_chunk!r}."
+  )
 
 
 def resolve_conv_impl(conv_impl: str = "auto") -> str:
   """'auto' -> 'onednn' on a CPU process of one device where oneDNN builds, else 'cpu'; 'xla' on GPU/TPU.
-  Raises ValueError for a name not in CONV_IMPLS."""
-  if conv_impl not in CONV_IMPLS:
-    raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {list(CONV_IMPLS)}.")
+  Raises ConfigError (a ValueError) for a name not in CONV_IMPLS."""
+  _check_conv_impl(conv_impl)
   if conv_impl != "auto":
     return conv_impl
   import jax  # here, not at the top: src.main imports this package before restarting (hugepages.py)

@@ -38,7 +38,7 @@ BUILD_DIR = Path(__file__).resolve().parents[2] / "build"
 TARGETS = {"fwd": "OnednnConvFwd", "input_grad": "OnednnConvBwdData", "kernel_grad": "OnednnConvBwdWeights"}
 INSTALL_HINT = (
     "install oneDNN and a C++ compiler (Debian/Ubuntu: `apt-get install libdnnl-dev g++`), or set "
-    "DNNL_ROOT to a oneDNN install; or use model.conv_impl='cpu'"
+    "DNNL_ROOT to a oneDNN install; or use execution.conv_impl='cpu'"
 )
 
 
@@ -110,7 +110,7 @@ def require():
   """Raises a clear error, before any expensive work, when conv_impl='onednn' cannot run here."""
   why = unavailable()
   if why:
-    raise RuntimeError(f"model.conv_impl='onednn': {why}.")
+    raise RuntimeError(f"execution.conv_impl='onednn': {why}.")
 
 
 class _Spec(NamedTuple):

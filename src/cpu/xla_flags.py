@@ -1,14 +1,15 @@
-"""XLA:CPU options of this project, for every jit of the process: the train step, evaluation, analysis, notebooks and
-a user's own `jax.grad` of a model all compile with them, so they compute what the train step computes.
+"""XLA:CPU options of this project: the train step, evaluation and analysis compile with them, and after `apply()` a
+user's own `jax.grad` of a model too, so they compute what the train step computes.
 
 - `xla_cpu_experimental_ynn_fusion_type=""`: XLA:CPU's YNNPACK library fusions off. With them, XLA 0.10 sends the
   CIFAR nets' 3x3 convolutions on 16x16 and 8x8 maps to YNNPACK, 2x slower than Eigen there (README, Speed); their
   results agree with Eigen's to float32 rounding (tests/test_parity.py runs both).
 
-`import src` sets them (src/__init__.py), through XLA_FLAGS, which XLA reads when JAX's backend starts. A flag the
-user already put in XLA_FLAGS is left as the user set it. If JAX had already started before `src` was imported (a
-notebook that ran JAX first), XLA_FLAGS comes too late: the project's own jits still pass `compiler_options()`
-explicitly, and `apply()` warns once that other jits of the process run with XLA's defaults.
+The project's own jits (train and eval steps, evaluation, Fig. 7's responses) pass `compiler_options()` explicitly.
+`apply()` sets them for every other jit of the process too, through XLA_FLAGS, which XLA reads when JAX's backend
+starts: src.main and src.bench call it first thing; a notebook or script of your own may (importing `src` changes
+no process state). A flag the user already put in XLA_FLAGS is left as the user set it. Called after JAX started,
+XLA_FLAGS comes too late, and `apply()` warns that other jits of the process run with XLA's defaults.
 """
 
 import os

@@ -9,39 +9,78 @@ stateless and multi-host aware.
 
 Images stay uint8 on the host; the train step computes (x - ds.mean) / 255 on device.
 `train_batch` is a pure function of (seed, step, process_index): no iterator state to checkpoint.
+
+DATASETS names each dataset's DatasetSpec (held in memory or streamed, its splits, its test protocols, the check of
+its fields); check_config(config.data) runs those checks before anything is loaded.
 """
+
+import dataclasses
+from typing import Callable, Optional
 
 import numpy as np
 
+from src.data import cifar, image_folder, imagenet, mnist5k
 from src.data.augment import random_crop_flip
+from src.data.means import global_mean
+from src.errors import DatasetMissingError, require  # noqa: F401  (DatasetMissingError: src.main takes it from here)
 
-DATASETS = ("cifar10", "mnist5k", "image_folder", "imagenet2012")
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What is known of a dataset before it is loaded: what its config may ask of it, and the checks of its fields.
+
+  Attributes:
+    in_memory: held in host memory (an InMemoryDataset), so num_seeds > 1 replicas can share one copy; else
+      streamed (ImageNet), and each replica would read it again.
+    own_val: it has a validation split of its own (ImageNet's 50,000 images) and no test split; else 'val' is
+      held out of train (data.val_size, 0 = none) and 'test' is its own split.
+    protocols: the test protocols src.evaluate can run on it (eval.protocols).
+    check: checks the dataset's own config fields (raises ConfigError), or None.
+    load: (data_config, seed, process_index, process_count) -> the dataset, this process's shard of it.
+
+  A new dataset is its module (a `load` of its arrays) and one entry of DATASETS.
+  """
+
+  in_memory: bool
+  own_val: bool
+  protocols: tuple = ("center",)
+  check: Optional[Callable] = None
+  load: Optional[Callable] = None
 
 
-class DatasetMissingError(RuntimeError):
-  """The dataset is not there in a usable form (not prepared and not fetchable; an image folder with a missing
-  split, mismatched classes or mixed image sizes); the message says what to put or fix where."""
+def check_config(data_config) -> DatasetSpec:
+  """Checks data.name, the named dataset's own fields and data.val_size (where val is held out of train).
+
+  Returns:
+    The dataset's DatasetSpec.
+
+  Raises:
+    ConfigError: naming the field and its valid values.
+  """
+  name = data_config.name
+  require(name in DATASETS, "data.name", f"must be one of {list(DATASETS)}, got {name!r}.")
+  spec = DATASETS[name]
+  if spec.check is not None:
+    spec.check(data_config)
+  if not spec.own_val:
+    require(
+        isinstance(data_config.val_size, int) and data_config.val_size >= 0,
+        "data.val_size",
+        f"must be an integer >= 0 (0 trains on the whole train split), got {data_config.val_size!r}.",
+    )
+  return spec
+
+
+def eval_splits(data_config) -> tuple:
+  """The splits a checked data config has to evaluate on: ('val',) for ImageNet; else 'test', and 'val' where
+  data.val_size > 0."""
+  if DATASETS[data_config.name].own_val:
+    return ("val",)
+  return ("val", "test") if data_config.val_size > 0 else ("test",)
 
 
 def _ceil_div(a: int, b: int) -> int:
   return -(-a // b)
-
-
-def combine_means(means, counts) -> np.ndarray:
-  """Mean of the union of shards from per-shard means and sizes (float64 accumulation, float32 out)."""
-  counts = np.asarray(counts, np.float64)
-  return (np.tensordot(counts, np.asarray(means, np.float64), axes=1) / counts.sum()).astype(np.float32)
-
-
-def global_mean(local_images: np.ndarray, process_count: int) -> np.ndarray:
-  """Per-pixel mean over all processes' training shards."""
-  local = local_images.mean(axis=0, dtype=np.float64).astype(np.float32)
-  if process_count == 1:
-    return local
-  from jax.experimental import multihost_utils
-
-  means, counts = multihost_utils.process_allgather((local, np.int32(len(local_images))))
-  return combine_means(means, counts)
 
 
 class InMemoryDataset:
@@ -133,35 +172,21 @@ class InMemoryDataset:
 
 
 def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1):
-  """data_config: name ('cifar10' | 'mnist5k' | 'image_folder' | 'imagenet2012': a streamed ImageNetDataset, its
-  fields in src/data/imagenet.py), data_dir (tfds; None = default), dir (image_folder: <dir>/{train,test}/<class>/
-  <image>, src/data/image_folder.py), val_size (5000; held out from the end of train, image_folder: by a fixed
-  permutation; 0 = none; mnist5k caps it at 500), pad (4; 0 = no crop), flip (True)."""
-  name = data_config.name
-  if name == "imagenet2012":
-    from src.data import imagenet
+  """The dataset `data_config.name` names in DATASETS, this process's shard of it: an InMemoryDataset, or for
+  imagenet2012 a streamed ImageNetDataset (its fields in src/data/imagenet.py). data_config: name, data_dir (tfds;
+  None = default), dir (image_folder: <dir>/{train,test}/<class>/<image>, src/data/image_folder.py), val_size
+  (5000; held out from the end of train, image_folder: by a fixed permutation; 0 = none; mnist5k caps it at 500),
+  pad (4; 0 = no crop), flip (True). Raises DatasetMissingError (with the fix) when the data is not there."""
+  if data_config.name not in DATASETS:
+    raise ValueError(f"unknown dataset {data_config.name!r}; valid names: {', '.join(DATASETS)}")
+  return DATASETS[data_config.name].load(data_config, seed, process_index, process_count)
 
-    return imagenet.load(data_config, seed=seed, process_index=process_index, process_count=process_count)
-  val_size = data_config.get("val_size", 5000)
-  extra = {}
-  if name == "cifar10":
-    from src.data import cifar
 
-    loaded = cifar.load(data_config.get("data_dir"), val_size, process_index, process_count)
-  elif name == "mnist5k":
-    from src.data import mnist5k
-
-    loaded = mnist5k.load(val_size, process_index, process_count)
-  elif name == "image_folder":
-    from src.data import image_folder
-
-    arrays, sizes, class_names, info = image_folder.load(data_config.dir, val_size, process_index, process_count)
-    loaded = (arrays, sizes, len(class_names))
-    extra = dict(class_names=class_names, info=info)
-  else:
-    raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+def _in_memory(data_config, seed, process_index, process_count, arrays, sizes, num_classes, **extra):
   return InMemoryDataset(
-      *loaded,
+      arrays,
+      sizes,
+      num_classes,
       seed=seed,
       pad=data_config.get("pad", 4),
       flip=data_config.get("flip", True),
@@ -169,3 +194,38 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
       process_count=process_count,
       **extra,
   )
+
+
+def _load_cifar10(dc, seed, process_index, process_count):
+  loaded = cifar.load(dc.get("data_dir"), dc.get("val_size", 5000), process_index, process_count)
+  return _in_memory(dc, seed, process_index, process_count, *loaded)
+
+
+def _load_mnist5k(dc, seed, process_index, process_count):
+  loaded = mnist5k.load(dc.get("val_size", 5000), process_index, process_count)
+  return _in_memory(dc, seed, process_index, process_count, *loaded)
+
+
+def _load_image_folder(dc, seed, process_index, process_count):
+  arrays, sizes, names, info = image_folder.load(dc.dir, dc.get("val_size", 5000), process_index, process_count)
+  return _in_memory(dc, seed, process_index, process_count, arrays, sizes, len(names), class_names=names, info=info)
+
+
+def _load_imagenet(dc, seed, process_index, process_count):
+  return imagenet.load(dc, seed=seed, process_index=process_index, process_count=process_count)
+
+
+DATASETS = {
+    "cifar10": DatasetSpec(in_memory=True, own_val=False, load=_load_cifar10),
+    "mnist5k": DatasetSpec(in_memory=True, own_val=False, load=_load_mnist5k),
+    "image_folder": DatasetSpec(
+        in_memory=True, own_val=False, check=image_folder.check_config, load=_load_image_folder
+    ),
+    "imagenet2012": DatasetSpec(
+        in_memory=False,
+        own_val=True,
+        protocols=imagenet.EVAL_PROTOCOLS,
+        check=imagenet.check_config,
+        load=_load_imagenet,
+    ),
+}

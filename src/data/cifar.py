@@ -12,7 +12,7 @@ import socket
 
 import numpy as np
 
-from src.data import DatasetMissingError  # __init__ never imports this module at import time
+from src.errors import DatasetMissingError
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 ARCHIVE = "cifar-10-binary.tar.gz"

@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from src.data import DatasetMissingError  # __init__ never imports this module at import time
+from src.errors import ConfigError, DatasetMissingError, require
 
 SPLITS = ("train", "test")
 EXTENSIONS = (".jpg", ".jpeg", ".png")  # tfds ImageFolder's _SUPPORTED_IMAGE_FORMAT, compared lower-case
@@ -230,6 +230,21 @@ def is_cifar10_copy(class_names, image_shape) -> bool:
   return tuple(class_names) == CIFAR10_CLASSES and tuple(image_shape) == (32, 32, 3)
 
 
+def check_config(data_config):
+  """Checks data.dir before anything is read: a non-empty path (its layout is checked by list_images, on load).
+
+  Raises:
+    ConfigError: data.dir is missing or empty.
+  """
+  d = data_config.get("dir")
+  require(
+      isinstance(d, str) and d != "",
+      "data.dir",
+      "must be the image folder's root, laid out as <dir>/train/<class>/<image> and <dir>/test/<class>/<image> "
+      f"(e.g. --config.data.dir=/data/cifar10-jpeg, or the preset argument image_dir=...), got {d!r}.",
+  )
+
+
 def load(root: str, val_size: int, process_index: int, process_count: int):
   """Loads this process's shard of an image folder.
 
@@ -252,8 +267,6 @@ def load(root: str, val_size: int, process_index: int, process_count: int):
   class_names, files = list_images(root)  # every cheap check, before TensorFlow is even imported
   num_train = len(files["train"][0])
   if not 0 <= val_size < num_train:
-    from src.config_check import ConfigError
-
     raise ConfigError(
         f"config.data.val_size: {val_size} must be in [0, {num_train}): {root}/train has {num_train} images."
     )

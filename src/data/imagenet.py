@@ -26,12 +26,14 @@ import re
 
 import numpy as np
 
-from src.data import DatasetMissingError, combine_means  # __init__ never imports this module at import time
+from src.data.means import combine_means
+from src.errors import DatasetMissingError, positive_int, require
 
 NAME = "imagenet2012"
 NUM_CLASSES = 1000
 ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
-PROTOCOLS = ("center", "ten_crop")
+PROTOCOLS = ("center", "ten_crop")  # of eval_batches
+EVAL_PROTOCOLS = PROTOCOLS + ("multiscale",)  # what src.evaluate runs: + multiscale_batches
 
 # AlexNet's PCA colour augmentation with the ImageNet RGB statistics of fb.resnet.torch, in 0..255 units:
 # eigenvalues, and the eigenvectors as the columns of EIGVEC (rows: R, G, B).
@@ -501,6 +503,30 @@ def _padded(images, labels, size):
       "label": np.concatenate([labels.astype(np.int32), np.zeros(pad, np.int32)]),
       "mask": np.arange(size) < n,
   }
+
+
+def check_config(data_config):
+  """Checks the augmentation and test fields (crop, scale_min/max, eval_resize, mean, multiscale, color_pca).
+
+  Raises:
+    ConfigError: naming the field and its valid values.
+  """
+  d = data_config
+  positive_int(d["crop"], "data.crop")
+  require(
+      d.crop <= d.scale_min <= d.scale_max,
+      "data.scale_min",
+      f"need crop <= scale_min <= scale_max (paper: 224 <= 256 <= 480), got {d.crop}, {d.scale_min}, "
+      f"{d.scale_max}.",
+  )
+  require(d.eval_resize >= d.crop, "data.eval_resize", f"must be >= data.crop ({d.crop}), got {d.eval_resize!r}.")
+  require(d.mean in ("pixel", "channel"), "data.mean", f"must be 'pixel' or 'channel', got {d.mean!r}.")
+  require(
+      len(d.multiscale) > 0 and all(isinstance(x, int) and x > 0 for x in d.multiscale),
+      "data.multiscale",
+      f"must be positive shorter sides (paper: 224, 256, 384, 480, 640), got {d.multiscale!r}.",
+  )
+  require(d.color_pca >= 0, "data.color_pca", f"must be >= 0 (0 = off), got {d.color_pca!r}.")
 
 
 def load(data_config, *, seed, process_index=0, process_count=1) -> ImageNetDataset:

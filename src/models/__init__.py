@@ -18,8 +18,9 @@ from typing import Optional
 
 import jax.numpy as jnp
 
+from src.errors import ConfigError, require
 from src.models.blocks import SHORTCUTS, BatchNorm, count_params, make_conv_norm  # noqa: F401
-from src.models.blocks import BasicBlock, PreActBasicBlock, PreActBottleneck
+from src.models.blocks import BasicBlock, PreActBasicBlock, PreActBottleneck, check_scan
 from src.models.cifar import CifarResNet, cifar_depth_to_n
 from src.models.imagenet import LAYERS, ImageNetResNet, imagenet_layers
 from src.models.vgg import CONFIGS as VGG_CONFIGS, VGG
@@ -37,6 +38,7 @@ VALID_NAMES = (
     f"vgg{{{','.join(map(str, VGG_CONFIGS))}}}"
 )
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+TRAIN_DTYPES = ("bfloat16", "float32")  # float16 nets are built (FLOP counts), not trained: see check_config
 
 
 def parse_name(name: str):
@@ -140,13 +142,76 @@ def get_model(
   return ImageNetResNet(depth, stride_on_3x3=bool(stride_on_3x3), **common)
 
 
-# Fields of a config's `model` block that say how to compute the net, not which net: src.cpu reads them.
-EXECUTION_FIELDS = ("conv_impl", "conv_chunk")
-
-
-def model_from_config(model_config, num_classes: Optional[int] = None, **kernels):
-  """get_model from a config's `model` block (see configs/); `kernels` are the injections (src.cpu.model_kernels)."""
-  fields = {k: v for k, v in dict(model_config).items() if k not in EXECUTION_FIELDS}
+def model_from_config(model_config, num_classes: Optional[int] = None, **execution):
+  """get_model from a config's `model` block (see configs/); `execution`: how it computes (remat, and the kernels
+  src.cpu.model_kernels injects)."""
+  # Workdirs written before the execution block existed hold these in `model`: how it computes, not which net.
+  fields = {k: v for k, v in dict(model_config).items() if k not in ("conv_impl", "conv_chunk", "remat")}
   name = fields.pop("name")
   configured = fields.pop("num_classes", None)
-  return get_model(name, num_classes=num_classes or configured, **fields, **kernels)
+  return get_model(name, num_classes=num_classes or configured, **fields, **execution)
+
+
+def check_config(model_config):
+  """Checks which net a config's `model` block names, for training: name, shortcut, dtype (float16 refused). How
+  it is computed is check_computation's.
+
+  Raises:
+    ConfigError: naming the field and its valid values.
+  """
+  m = model_config
+  try:
+    parse_name(m.name)
+  except ValueError as e:
+    raise ConfigError(f"config.model.name: {e}") from None
+  require(
+      m.shortcut in (None,) + SHORTCUTS,
+      "model.shortcut",
+      f"must be one of {list(SHORTCUTS)} (or None for the paper's default), got {m.shortcut!r}.",
+  )
+  # float16 trains only with loss scaling (small gradients underflow to zero), which this train loop does not
+  # do: refused rather than silently losing gradients. bfloat16 has float32's exponent range and needs none.
+  require(
+      m.dtype != "float16",
+      "model.dtype",
+      "float16 is refused: without loss scaling, which this train loop does not do, small gradients underflow to "
+      "zero. Use bfloat16 (float32's range in half the bits: TPUs, NVIDIA A100 and later) or float32 (GPUs "
+      "without bf16 such as V100 and T4).",
+  )
+  require(m.dtype in TRAIN_DTYPES, "model.dtype", f"must be one of {list(TRAIN_DTYPES)}, got {m.dtype!r}.")
+
+
+def check_computation(model_config, execution, batch_size: int, device_count: int):
+  """Checks how a config's `model` block computes its net on a (checked) batch size over `device_count` devices:
+  bn_group_size (0 or None: synchronised BN; else a group divides the batch, and no group straddles two devices),
+  scan, and the `execution` block's remat.
+
+  Raises:
+    ConfigError: naming the field and its valid values.
+  """
+  m = model_config
+  group = m.bn_group_size
+  if group:
+    _check_bn_groups(group, batch_size, device_count)
+  check_scan(m.scan)
+  require(
+      execution.remat in (True, False),
+      "execution.remat",
+      f"must be True or False (recompute scanned blocks in the backward pass), got {execution.remat!r}.",
+  )
+
+
+def _check_bn_groups(group, batch_size: int, device_count: int):
+  require(
+      isinstance(group, int) and group > 0 and batch_size % group == 0,
+      "model.bn_group_size",
+      f"must divide batch_size {batch_size} (the paper: 64 of 128 on CIFAR), or be 0 for synchronised BN; "
+      f"got {group!r}.",
+  )
+  per_device = batch_size // device_count
+  require(
+      per_device % group == 0 or group % per_device == 0,
+      "model.bn_group_size",
+      f"{group} neither divides nor is a multiple of the per-device batch {per_device}: BN groups would "
+      "straddle devices.",
+  )

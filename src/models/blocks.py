@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from src.errors import require
+
 SHORTCUTS = ("A", "B", "C")
 
 # He et al. 2015 ("MSRA") init, std = sqrt(2 / fan_in): Caffe's MSRAFiller default, which the paper used.
@@ -271,13 +273,24 @@ class _ScanBody(nn.Module):
 SCAN_AUTO_MIN_BLOCKS = 20
 
 
+def check_scan(scan):
+  """Checks a `scan` setting: True, False, or "auto", "true" or "false" in any case (configs hold a string).
+
+  Raises:
+    ConfigError (a ValueError): naming config.model.scan and its valid values.
+  """
+  require(
+      str(scan).lower() in ("auto", "true", "false"), "model.scan", f"must be 'auto', 'true' or 'false', got {scan!r}."
+  )
+
+
 def use_scan(scan, num_blocks: int) -> bool:
   """scan=True/False, or "auto": scan only stages of more than 20 blocks (ResNet-101/152/1202).
   Scanning keeps compile time flat in depth, but XLA:CPU runs the scanned step about 10x slower
-  (measured: ResNet-20 batch 128, 19 vs 240 img/s), so shallower nets are unrolled."""
+  (measured: ResNet-20 batch 128, 19 vs 240 img/s), so shallower nets are unrolled. A string that is none of
+  these raises ConfigError (check_scan)."""
   if isinstance(scan, str):  # configs hold a string: "auto", "true" or "false"
-    if scan.lower() not in ("auto", "true", "false"):
-      raise ValueError(f"scan must be 'auto', 'true' or 'false', got {scan!r}.")
+    check_scan(scan)
     if scan.lower() == "auto":
       return num_blocks > SCAN_AUTO_MIN_BLOCKS
     return scan.lower() == "true"

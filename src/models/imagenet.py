@@ -6,7 +6,7 @@ global average pool -> 1000-way FC.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Type
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,9 +33,14 @@ def imagenet_layers(depth: int):
 
 
 class ImageNetResNet(nn.Module):
+  """The ImageNet net of `depth` layers (Table 1): NHWC float inputs [N, H, W, C] -> float32 logits [N,
+  num_classes]. `block_cls` (src/models/blocks.py) replaces Table 1's block for the depth (None: basic blocks for
+  18/34, bottlenecks for 50/101/152)."""
+
   depth: int
   conv: Callable
   norm: Callable
+  block_cls: Optional[Type[nn.Module]] = None
   residual: bool = True
   shortcut: str = "B"
   num_classes: int = 1000
@@ -57,7 +62,9 @@ class ImageNetResNet(nn.Module):
         shortcut=self.shortcut,
         zero_init_residual=self.zero_init_residual,
     )
-    if kind == "bottleneck":
+    if self.block_cls is not None:
+      block_cls = self.block_cls
+    elif kind == "bottleneck":
       block_cls = functools.partial(Bottleneck, stride_on_3x3=self.stride_on_3x3)
     else:
       block_cls = BasicBlock
