@@ -7,6 +7,8 @@ optax.inject_hyperparams, so its learning rate lives in the optimiser state: the
 optimiser is one function and one entry here (and its fields in the config).
 """
 
+import inspect
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -98,11 +100,14 @@ OPTIMIZERS = {"sgd": sgd}
 
 
 def make_optimizer(config, params):
-  """The optimiser `config.optim.name` names, with every other field of config.optim (decay_bn_and_bias becomes
-  the weight-decay `mask`) as a static argument and the learning rate as an injected hyperparameter."""
-  fields = {k: v for k, v in dict(config.optim).items() if k not in ("name", "decay_bn_and_bias")}
-  fields["mask"] = weight_decay_mask(params, config.optim.decay_bn_and_bias)
+  """The optimiser `config.optim.name` names: its keyword parameters (named explicitly: optax.inject_hyperparams
+  reads them) take the config.optim fields of the same names as static arguments (`mask`: the weight-decay mask
+  from decay_bn_and_bias), its learning rate is an injected hyperparameter."""
   make = OPTIMIZERS[config.optim.name]
+  wanted = inspect.signature(make).parameters
+  fields = {k: v for k, v in dict(config.optim).items() if k in wanted and k != "learning_rate"}
+  if "mask" in wanted:
+    fields["mask"] = weight_decay_mask(params, config.optim.decay_bn_and_bias)
   return optax.inject_hyperparams(make, static_args=tuple(fields))(learning_rate=config.schedule.base_lr, **fields)
 
 
