@@ -7,9 +7,8 @@ Every 3x3 (and bottleneck 1x1) response after BN and before the ReLU/addition is
 BN between a conv and the addition, so there the response is each conv's output (the residual function's own
 output for the unit's last conv).
 
-A block class is what a net is built from (`CifarResNet(block_cls=...)`): a module with fields filters, conv, norm,
-strides, shortcut, and class attributes `expansion` (output width / filters), `layers` (weight layers per block)
-and `preactivation` (the net then ends with BN -> ReLU before the pool, and its stem is a conv alone).
+A block class is what a net is built from (`CifarResNet(block_cls=...)`): a subclass of `Block`, whose fields and
+class attributes the nets rely on.
 """
 
 import functools
@@ -118,8 +117,11 @@ def shortcut(x, filters: int, strides: int, option: str, conv, norm, train):
   return jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])])
 
 
-class BasicBlock(nn.Module):
-  """Two 3x3 convs (Fig. 5 left). residual=False is the plain counterpart."""
+class Block(nn.Module):
+  """What every block class has, and what the nets and Stage rely on: the width `filters`, the conv and BN
+  constructors, the stride of its first layer, residual (False: the plain counterpart), the shortcut option and
+  zero_init_residual; class attributes `expansion` (output width / filters), `layers` (weight layers) and
+  `preactivation` (the net then has a stem of one conv and a final BN -> ReLU). Input and output NHWC."""
 
   filters: int
   conv: Callable
@@ -132,6 +134,10 @@ class BasicBlock(nn.Module):
   layers = 2
   preactivation = False
 
+
+class BasicBlock(Block):
+  """Two 3x3 convs (Fig. 5 left). residual=False is the plain counterpart."""
+
   @nn.compact
   def __call__(self, x, train):
     last_init = nn.initializers.zeros if self.zero_init_residual else None
@@ -142,21 +148,14 @@ class BasicBlock(nn.Module):
     return nn.relu(y)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(Block):
   """1x1 (w) -> 3x3 (w) -> 1x1 (4w) (Fig. 5 right). The paper (v1) strides the first 1x1;
   stride_on_3x3=True gives the later "v1.5" variant."""
 
-  filters: int
-  conv: Callable
-  norm: Callable
-  strides: int = 1
-  residual: bool = True
   shortcut: str = "B"
-  zero_init_residual: bool = False
   stride_on_3x3: bool = False
   expansion = 4
   layers = 3
-  preactivation = False
 
   @nn.compact
   def __call__(self, x, train):
@@ -202,7 +201,7 @@ class BNConv(nn.Module):
     return a, y
 
 
-class _PreAct(nn.Module):
+class _PreAct(Block):
   """The shared part of the pre-activation units (He et al. 2016, Identity Mappings, Fig. 4(e)): the residual
   function is a chain of BNConv layers, and the sum leaves the unit with no ReLU after it.
 
@@ -211,13 +210,6 @@ class _PreAct(nn.Module):
   wherever a stage begins; in the other units it takes the unit's input as it is.
   """
 
-  filters: int
-  conv: Callable
-  norm: Callable
-  strides: int = 1
-  residual: bool = True
-  shortcut: str = "A"
-  zero_init_residual: bool = False
   shared_preact: bool = False
   preactivation = True
 
