@@ -85,6 +85,9 @@ class Run:
     self.train_step = steps.jit_train_step(config, model, tx, mean, self.mesh)
     self.eval_step = steps.jit_eval_step(config, model, mean, self.mesh)
     self.progress = metrics.Progress(config.num_steps, self.start, enabled=self.main_process, name=config.name)
+    k = config.execution.steps_per_call
+    # With several CPU devices, XLA's collectives abort if too many steps are in flight: wait now and then.
+    self.sync_every = max(16 // k, 1) if jax.devices()[0].platform == "cpu" and jax.device_count() > 1 else 0
     self.t_start = time.time()
     self.step, self.pending = self.start, []  # pending: the step metrics not yet fetched from the device
     self.last = [{} for _ in self.seeds]  # the newest metrics of each replica
@@ -165,9 +168,9 @@ class Run:
 
   def stop_requested(self, step_metrics) -> bool:
     """Whether every process stops after this step (SIGTERM, or the time budget nearly spent). Paces the device
-    where it must: with several CPU devices XLA's collectives abort if too many steps are in flight."""
+    where it must (sync_every)."""
     c, k = self.config, self.config.execution.steps_per_call
-    if jax.devices()[0].platform == "cpu" and jax.device_count() > 1 and (self.step // k) % max(16 // k, 1) == 0:
+    if self.sync_every and (self.step // k) % self.sync_every == 0:
       jax.block_until_ready(step_metrics)
     if self.preempt.time_limit_s and self.step % c.log_every == 0:
       jax.block_until_ready(step_metrics)  # the time left is judged with the device caught up

@@ -106,15 +106,23 @@ class ConvBN(nn.Module):
 
 
 def shortcut(x, filters: int, strides: int, option: str, conv, norm, train):
-  """The identity branch (eq. 1) or, where the options ask for it, the projection W_s x (eq. 2)."""
+  """The identity branch (eq. 1) or, where the options ask for it, the projection W_s x (eq. 2): conv -> BN, or
+  with norm=None the 1x1 conv alone (the pre-activation units, as in the follow-up paper's code)."""
   needs_change = strides != 1 or x.shape[-1] != filters
   if option == "C" or (option == "B" and needs_change):
+    if norm is None:
+      return conv(filters, (1, 1), (strides, strides), padding=_pad(1), name="projection")(x)
     return ConvBN(filters, 1, conv, norm, strides, name="projection")(x, train)
   if not needs_change:
     return x
   # Option A: parameter-free. Subsample by the stride, pad the new channels with zeros.
   x = x[:, ::strides, ::strides, :]
   return jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])])
+
+
+def block_class(block):
+  """The Block subclass of `block`, a class or a functools.partial of one."""
+  return getattr(block, "func", block)
 
 
 class Block(nn.Module):
@@ -169,18 +177,6 @@ class Bottleneck(Block):
     return nn.relu(y)
 
 
-def preact_shortcut(x, filters: int, strides: int, option: str, conv):
-  """The shortcut of a pre-activation unit: identity, option A's subsample + zero channels, or (B where the
-  dimensions change, C always) a 1x1 projection conv with no BN after it, as in the follow-up paper's code."""
-  needs_change = strides != 1 or x.shape[-1] != filters
-  if option == "C" or (option == "B" and needs_change):
-    return conv(filters, (1, 1), (strides, strides), padding="VALID", name="projection")(x)
-  if not needs_change:
-    return x
-  x = x[:, ::strides, ::strides, :]
-  return jnp.pad(x, [(0, 0), (0, 0), (0, 0), (0, filters - x.shape[-1])])
-
-
 class BNConv(nn.Module):
   """BN -> ReLU -> k x k conv, the layer of a pre-activation unit; returns (the activated input, the conv's
   output) and sows the output for Fig. 7."""
@@ -225,7 +221,7 @@ class _PreAct(Block):
       a, y = BNConv(filters, kernel, self.conv, self.norm, stride, name=f"conv{i + 1}")(y, train)
       preact = a if i == 0 else preact
     source = preact if self.shared_preact else x
-    return y + preact_shortcut(source, self.expansion * self.filters, self.strides, self.shortcut, self.conv)
+    return y + shortcut(source, self.expansion * self.filters, self.strides, self.shortcut, self.conv, None, train)
 
 
 class PreActBasicBlock(_PreAct):
@@ -304,7 +300,7 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
-    first = {"shared_preact": True} if getattr(self.block, "func", self.block).preactivation else {}
+    first = {"shared_preact": True} if block_class(self.block).preactivation else {}
     x = self.block(strides=self.strides, name="block0", **first)(x, train)
     rest = self.num_blocks - 1
     if rest == 0:

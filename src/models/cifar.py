@@ -14,7 +14,7 @@ from typing import Any, Callable, Type
 import flax.linen as nn
 import jax.numpy as jnp
 
-from src.models.blocks import BasicBlock, ConvBN, Stage, stage_specs
+from src.models.blocks import BasicBlock, ConvBN, Stage, block_class, stage_specs
 
 WIDTHS = (16, 32, 64)
 
@@ -51,7 +51,7 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    block_cls = getattr(self.block_cls, "func", self.block_cls)  # a partial's class
+    block_cls = block_class(self.block_cls)
     n = cifar_depth_to_n(self.depth, block_cls.layers)
     x = x.astype(self.dtype)
     if block_cls.preactivation:  # conv1 alone: its BN -> ReLU is the first unit's pre-activation
