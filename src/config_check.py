@@ -17,7 +17,8 @@ from src.errors import ConfigError, positive_int, require
 
 def validate(config, *, device_count=None, process_count=None):
   """Checks every field of a run's config, for a job of `device_count` devices in `process_count` processes
-  (default: this job's).
+  (default: this job's). Only what the job's mode uses is checked against its devices: batch_size in mode=train,
+  eval_batch_size in both.
 
   Raises:
     ConfigError: the first field found wrong, named with its valid values.
@@ -34,19 +35,21 @@ def validate(config, *, device_count=None, process_count=None):
   if "eval" in config:
     _check_eval(config.eval, config.data, dataset)
   batch = positive_int(config["batch_size"], "batch_size")
-  require(
-      batch % device_count == 0,
-      "batch_size",
-      f"{batch} is not divisible by the {device_count} devices of this job; use a multiple of {device_count}.",
-  )
-  require(batch % process_count == 0, "batch_size", f"{batch} is not divisible by the {process_count} processes.")
+  training = config.mode == "train"
+  if training:  # mode=eval splits no train batch (and a run's batch_size is fixed), so any job may evaluate it
+    require(
+        batch % device_count == 0,
+        "batch_size",
+        f"{batch} is not divisible by the {device_count} devices of this job; use a multiple of {device_count}.",
+    )
+    require(batch % process_count == 0, "batch_size", f"{batch} is not divisible by the {process_count} processes.")
   eval_batch = positive_int(config["eval_batch_size"], "eval_batch_size")
   require(
       eval_batch % device_count == 0,
       "eval_batch_size",
       f"{eval_batch} is not divisible by the {device_count} devices; use a multiple of {device_count}.",
   )
-  models.check_computation(config.model, config.execution, batch, device_count)
+  models.check_computation(config.model, config.execution, batch, device_count if training else None)
   cpu.check_config(config.execution)
   _check_steps(config, dataset)
   optim.check_config(config, has_val="val" in data.eval_splits(config.data))

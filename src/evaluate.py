@@ -29,15 +29,17 @@ from src.errors import ConfigError
 from src.step import build_model, normalize
 
 
-def load_members(run_dir: str, num_classes: int) -> list:
+def load_members(run_dir: str, num_classes: int, mesh=None) -> list:
   """[(model, variables, config)] of a run directory's newest checkpoint, built from its own config.json, so an
-  ensemble can mix depths and shortcut options: one per replica (config.replica) of a run of several seeds."""
+  ensemble can mix depths and shortcut options: one per replica (config.replica) of a run of several seeds.
+  The variables are replicated over `mesh` (default: every device of this job), whatever devices saved them.
+  Raises ConfigError when `run_dir` holds no run."""
   path = os.path.join(run_dir, "config.json")
   if not os.path.exists(path):
     raise ConfigError(f"eval: {run_dir} holds no run (no config.json); train it first or fix eval.ensemble.")
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  state = checkpoint.load_saved_state(run_dir)
+  state = checkpoint.load_saved_state(run_dir, sharding=parallel.replicated(mesh or parallel.make_mesh()))
   model = build_model(config, num_classes=num_classes)
   config.step = int(np.max(state["step"]))
   out = []
@@ -94,7 +96,8 @@ def predict(model, variables, ds, split: str, protocol: str, batch_size: int, me
     # Whole images of varying shape, one at a time on this process's first device; the mean is the
     # per-channel mean of the crop-sized mean image (it has no meaning at other sizes).
     apply = scores_fn(model, jnp.asarray(ds.mean.mean(axis=(0, 1))), mesh, protocol)
-    variables = jax.device_put(variables, jax.local_devices()[0])
+    # Through the host: the variables are global arrays, which one process cannot move onto one device.
+    variables = jax.device_put(jax.tree.map(np.asarray, variables), jax.local_devices()[0])
     for item in ds.multiscale_batches(split):
       if item["mask"][0]:
         probs.append(np.mean([np.asarray(apply(variables, x))[0] for x in item["images"]], axis=0))
@@ -179,7 +182,9 @@ def _errors(probs, labels) -> dict:
 
 
 def paper_error(config, protocol: str):
-  """The paper's (top-1, top-5) error for this model and protocol, where it reports one."""
+  """The paper's (top-1, top-5) error for this model and protocol, where it reports one: on ImageNet only."""
+  if config.data.name != "imagenet2012":
+    return None
   table = {"ten_crop": paper.IMAGENET_10CROP, "multiscale": paper.IMAGENET_MULTISCALE}.get(protocol, {})
   return table.get(paper.imagenet_key(config.model.name, config.model.shortcut))
 
@@ -195,7 +200,7 @@ def run_eval(config, workdir: str, log=print) -> dict:
   mesh = parallel.make_mesh()
   pid, nproc = jax.process_index(), jax.process_count()
   ds = data.get_dataset(config.data, seed=config.seed, process_index=pid, process_count=nproc)
-  loaded = [(run_dir, *m) for run_dir in members for m in load_members(run_dir, ds.num_classes)]
+  loaded = [(run_dir, *m) for run_dir in members for m in load_members(run_dir, ds.num_classes, mesh)]
   for run_dir, _, _, member_config in loaded:
     if member_config.data.name != config.data.name:
       raise ConfigError(f"eval: {run_dir} was trained on {member_config.data.name}, not {config.data.name}.")

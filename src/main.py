@@ -87,6 +87,19 @@ def main(argv):
   from src import parallel  # imported here so `--help` stays fast
 
   parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _MULTIHOST.value)
+  import jax
+
+  try:
+    _run()
+  except BaseException as e:
+    # Stopped (exit 0) was agreed by every process; any other exit of one process of several ends them all now,
+    # not after jax.distributed.shutdown's barrier or a collective waiting for it (parallel.fail).
+    if jax.process_count() == 1 or (isinstance(e, SystemExit) and not e.code):
+      raise
+    parallel.fail(e)
+
+
+def _run():
   from src.config_check import check_workdir
   from src.errors import CheckpointReadError, CheckpointWriteError, ConfigError, DatasetMissingError, DivergedError
   from src.parallel import Stopped

@@ -90,8 +90,12 @@ def cifar10_data(result: dict):
   return None
 
 
+def net_test_error(model: str):
+  """The CIFAR-10 test error (%) the papers report for a net (Table 6, or for a pre-activation net the follow-up
+  paper's Table 3), whatever data a run of it used; None for nets they do not list (plain nets, other depths)."""
+  return {**CIFAR_TEST_ERROR, **PREACT_CIFAR_TEST_ERROR}.get(model)
+
+
 def cifar_test_error(result: dict):
-  """Table 6's test error (%) for a run's result (see cifar10_data), or for a pre-activation net the follow-up
-  paper's Table 3; None: no CIFAR-10 data, or a net the tables do not list (plain nets, other depths)."""
-  table = {**CIFAR_TEST_ERROR, **PREACT_CIFAR_TEST_ERROR}
-  return table.get(result.get("model")) if cifar10_data(result) else None
+  """net_test_error for a run's result (see cifar10_data) on CIFAR-10 or a copy of it; None on other data."""
+  return net_test_error(result.get("model")) if cifar10_data(result) else None

@@ -129,7 +129,8 @@ def make_eval_step(model, mean):
     mask = batch["mask"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     wrong = (jnp.argmax(logits, -1) != batch["label"]).astype(jnp.float32)
-    wrong5 = 1.0 - jnp.any(jax.lax.top_k(logits, 5)[1] == batch["label"][:, None], -1).astype(jnp.float32)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]  # a folder of fewer than 5 classes: top-all
+    wrong5 = 1.0 - jnp.any(top5 == batch["label"][:, None], -1).astype(jnp.float32)
     return {
         "wrong": jnp.sum(wrong * mask),
         "wrong5": jnp.sum(wrong5 * mask),

@@ -44,11 +44,17 @@ def train_and_evaluate(config, workdir: str, preempt: Optional[Preemption] = Non
   try:
     validate(config)  # before any data loading or compile: bad input costs nothing and touches nothing
     run = Run(config, workdir, preempt)
+    failed = False
     try:
       run.loop()
       return run.result()
+    except Exception:
+      failed = True
+      raise
     finally:
-      run.close()
+      # One process of several that failed leaves its in-flight save: finishing it needs a barrier that the
+      # others, blocked in a collective waiting for this process, never reach.
+      run.close(finish_saves=not (failed and jax.process_count() > 1))
   finally:
     if own:
       preempt.restore()
@@ -277,8 +283,11 @@ class Run:
         json.dump(result, f, indent=2)
     return result
 
-  def close(self):
+  def close(self, finish_saves: bool = True):
+    """Closes the metric writers and, with `finish_saves`, the checkpoints (waits for the save in flight)."""
     self.writer.close()
+    if not finish_saves:  # the half-written save is a temporary directory, cleaned up at the next start
+      return
     try:
       self.ckpts.close()
     except Exception:  # already reported; closing must not hide the first error

@@ -1,6 +1,8 @@
 """The plateau schedule (ImageNet, Sec. 3.4) and checkpoint evaluation / ensembles (src/evaluate.py)."""
 
+import io
 import json
+import sys
 
 import jax
 import ml_collections
@@ -9,9 +11,10 @@ import pytest
 
 from configs.common import cifar_recipe
 from src import data, models, optim
+from src.errors import ConfigError
 from src.evaluate import load_members, topk_errors
 from src.step import normalize
-from tests.conftest import run_main, tiny_cifar_args
+from tests.conftest import REPO, run_main, tiny_cifar_args
 from tests.test_train import read_jsonl
 
 
@@ -177,8 +180,13 @@ def test_paper_lookup_takes_the_default_shortcut_of_the_registry():
   from src.evaluate import paper_error
 
   assert models.get_model("resnet34").shortcut == paper.IMAGENET_DEFAULT_SHORTCUT  # what None builds
-  config = ml_collections.ConfigDict({"model": {"name": "resnet34", "shortcut": None}})
+  config = ml_collections.ConfigDict(
+      {"model": {"name": "resnet34", "shortcut": None}, "data": {"name": "imagenet2012"}}
+  )
   assert paper_error(config, "ten_crop") == paper.IMAGENET_10CROP["resnet34:B"]
+  config.data.name = "image_folder"  # a folder of photos (Imagenette, ...): the paper's ImageNet numbers would mislead
+  assert paper_error(config, "ten_crop") is None
+  config.data.name = "imagenet2012"
   config.model.shortcut = "C"
   assert paper_error(config, "multiscale") == paper.IMAGENET_MULTISCALE["resnet34:C"]
   config.model.name = "resnet50"
@@ -214,3 +222,61 @@ def test_ten_crop_and_multiscale_calls_need_the_memory_of_one_eval_batch():
   fn = evaluate.scores_fn(model, jnp.zeros((64, 64, 3)), mesh, "ten_crop")
   old = jax.ShapeDtypeStruct((40, 10, 64, 64, 3), jnp.uint8, sharding=parallel.batch_sharded(mesh))
   assert fn.lower(variables, old).compile().memory_analysis().temp_size_in_bytes > 5 * center
+
+
+# --- evaluation by a job of several processes ------------------------------------------------------------------------
+
+MNIST_RUN = ["--config=configs/cifar_resnet.py:depth=8,mnist5k,steps=20", "--config.model.bn_group_size=0"]
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+  """A 20-step ResNet-8 of two seeds on mnist5k, trained by one process of one device at the config's batch of 64,
+  and its eval.json as one process writes it: (workdir, eval.json)."""
+  workdir = tmp_path_factory.mktemp("mnist_run")
+  run_main([*MNIST_RUN, f"--workdir={workdir}", "--config.num_seeds=2"])
+  run_main(
+      [*MNIST_RUN, f"--workdir={workdir}", "--config.num_seeds=2", "--config.mode=eval", "--config.eval_batch_size=63"]
+  )
+  return workdir, json.loads((workdir / "eval.json").read_text())
+
+
+def test_eval_checks_eval_batch_size_against_the_devices_not_batch_size():
+  from configs.cifar_resnet import get_config
+  from src.config_check import validate
+
+  config = get_config("depth=8,mnist5k")
+  config.eval_batch_size = 63
+  config.mode = "eval"
+  validate(config, device_count=3, process_count=3)  # batch_size 64: the train batch is not split in mode=eval
+  config.mode = "train"
+  with pytest.raises(ConfigError, match="config.batch_size: 64 is not divisible by the 3 devices of this job"):
+    validate(config, device_count=3, process_count=3)
+  config.mode, config.eval_batch_size = "eval", 64
+  with pytest.raises(ConfigError, match="config.eval_batch_size: 64 is not divisible by the 3 devices"):
+    validate(config, device_count=3, process_count=3)
+
+
+@pytest.mark.slow
+def test_three_processes_evaluate_a_one_device_run_exactly_as_one_process(mnist_run):
+  """Restored onto the evaluating job's own mesh (not the saving job's device), each test image counted once:
+  eval.json is the same as one process's, exactly (errors are counts over the same 500 images), for both seeds."""
+  sys.path.insert(0, REPO)  # so `launch` imports under plain `pytest` too
+  from launch.local import launch_local
+
+  workdir, one = mnist_run
+  (workdir / "eval.json").unlink()
+  out = io.StringIO()
+  # batch_size stays 64, which 3 devices do not divide: mode=eval never splits the train batch.
+  args = [
+      *MNIST_RUN,
+      f"--workdir={workdir}",
+      "--config.num_seeds=2",
+      "--config.mode=eval",
+      "--config.eval_batch_size=63",
+  ]
+  assert launch_local(args, 3, 1, timeout=240, out=out) == 0, out.getvalue()[-5000:]
+  three = json.loads((workdir / "eval.json").read_text())
+  assert three == one
+  center = three["results"]["center"]
+  assert center["count"] == 500 and [r["count"] for r in center["replicas"]] == [500, 500]

@@ -232,6 +232,14 @@ def test_the_paper_configs_are_valid():
     sweep = cifar_depth_sweep.get_config(arg)
     for overrides in sweep.sweep:
       validate(run_config(sweep, overrides), device_count=1, process_count=1)
+  from configs import cifar_preact_vs_original
+
+  for arg in ("preact164", "mnist5k"):
+    sweep = cifar_preact_vs_original.get_config(arg)
+    for overrides in sweep.sweep:
+      validate(run_config(sweep, overrides), device_count=1, process_count=1)
+  for arg in ("depth=18,image_dir=/data/imagenette2", "depth=50,image_dir=/data/x,crop=128,schedule=epochs"):
+    validate(imagenet_resnet.get_config(arg), device_count=8, process_count=1)
 
 
 def test_several_steps_per_jitted_call_train_the_same(fake_cifar10_dir, tmp_path):

