@@ -98,9 +98,9 @@ def write_results(results, workdir: str):
     w.writerows(row for row, _ in rows)
 
   def fmt(key, v, copy, row):
-    if key == "paper test error" and v is None and paper.net_test_error(row["model"]) is not None:
-      # Other data (mnist5k): the paper's CIFAR-10 number for this net, marked as not comparable.
-      return f"({paper.net_test_error(row['model']):.2f} on CIFAR-10)"
+    reference = paper.net_test_error(row["model"]) if key == "paper test error" and v is None else None
+    if reference is not None:  # other data (mnist5k): the net's CIFAR-10 number, marked as not comparable
+      return f"({reference:.2f} on CIFAR-10)"
     if v is None:
       return "-"
     if key == "paper test error":

@@ -43,6 +43,8 @@ SPLIT_SEED = 0  # the fixed train/val permutation; not the run seed, so every ru
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DECODE_BATCH = 256  # images per batch of the in-memory decoding pass
 HEADER_THREADS = 16  # files whose headers are read at once (I/O bound)
+# The data fields the ImageNet pipeline reads (configs/common.py imagenet_recipe).
+IMAGENET_FIELDS = ("crop", "scale_min", "scale_max", "color_pca", "mean", "mean_images", "eval_resize", "multiscale")
 
 LAYOUT = "<dir>/train/<class>/<image> and <dir>/test/<class>/<image> or <dir>/val/<class>/<image> (.jpg/.jpeg/.png)"
 
@@ -291,10 +293,6 @@ def check_config(data_config):
         "configs/imagenet_resnet.py:image_dir=<dir> (configs/common.py imagenet_folder_preset), which sets them.",
     )
     imagenet.check_config(data_config)
-
-
-# The data fields the ImageNet pipeline reads (configs/common.py imagenet_recipe).
-IMAGENET_FIELDS = ("crop", "scale_min", "scale_max", "color_pca", "mean", "mean_images", "eval_resize", "multiscale")
 
 
 def load(root: str, val_size: int, process_index: int, process_count: int, heldout: str = ""):

@@ -257,8 +257,6 @@ class TfdsRecords:
   serialized TFRecord example (skipping reads it, never decodes it).
   """
 
-  name = NAME
-
   def __init__(self, builder, data_config):
     g = data_config.get
     self.builder = builder
@@ -279,14 +277,20 @@ class TfdsRecords:
   def _files(self, split, start, stop):
     return slice_instructions(self.builder.info.splits[self.split_specs[split]].file_instructions, start, stop)
 
+  @staticmethod
+  def _file_tensors(files):
+    """(file names, skips, takes) of [(filename, skip, take)] as tensors (typed: `files` may be empty)."""
+    tf = _tf()
+    return (
+        tf.constant([f for f, _, _ in files], tf.string),
+        tf.constant([s for _, s, _ in files], tf.int64),
+        tf.constant([t for _, _, t in files], tf.int64),
+    )
+
   def elements(self, split, start, stop):
     """The serialized examples [start, stop) of `split`, in file order."""
     tf = _tf()
-    files = self._files(split, start, stop)
-    names = tf.constant([f for f, _, _ in files], tf.string)
-    skips = tf.constant([s for _, s, _ in files], tf.int64)
-    takes = tf.constant([t for _, _, t in files], tf.int64)
-    ds = tf.data.Dataset.from_tensor_slices((names, skips, takes))
+    ds = tf.data.Dataset.from_tensor_slices(self._file_tensors(self._files(split, start, stop)))
     return ds.flat_map(lambda f, s, t: tf.data.TFRecordDataset(f).skip(s).take(t))
 
   def train_epoch(self, start, stop, epoch, seed, process_index):
@@ -294,9 +298,7 @@ class TfdsRecords:
     (seed, epoch), interleaved, through a shuffle buffer seeded by (seed, epoch)."""
     tf = _tf()
     files = self._files("train", start, stop)
-    names = tf.constant([f for f, _, _ in files], tf.string)
-    skips = tf.constant([s for _, s, _ in files], tf.int64)
-    takes = tf.constant([t for _, _, t in files], tf.int64)
+    names, skips, takes = self._file_tensors(files)
     key = tf.stack([tf.constant(_seed_int(seed, 0, process_index), tf.int64), epoch])
     order = tf.argsort(tf.random.stateless_uniform([len(files)], seed=key))
     ds = tf.data.Dataset.from_tensor_slices((tf.gather(names, order), tf.gather(skips, order), tf.gather(takes, order)))
@@ -464,9 +466,10 @@ class ImageNetDataset:
       DatasetMissingError: an image of the batch cannot be decoded (named).
     """
     if self._train_iter is None or step != self._next_step or local_batch_size != self._iter_batch:
-      batches = lambda s: self._train_elements(s, local_batch_size).take(local_batch_size)  # noqa: E731
       ds = self._train_dataset(step, local_batch_size)
-      self._train_iter = self._stream(ds, "train", lambda: batches(self._next_step))
+      # On a decoding error: the elements of the batch being read (self._next_step, set below).
+      failing = lambda: self._train_elements(self._next_step, local_batch_size).take(local_batch_size)  # noqa: E731
+      self._train_iter = self._stream(ds, "train", failing)
       self._iter_batch = local_batch_size
     self._next_step = step
     batch = next(self._train_iter)
