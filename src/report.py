@@ -2,8 +2,8 @@
 
 Writes into DIR, for the CIFAR-style runs (cifar10, mnist5k, image_folder): fig1.png (shallowest vs deepest
 plain net), fig6.png (plain nets vs ResNets, training and test error), fig7.png (layer response stds; runs with
-checkpoints), table6.md (test error beside the paper's); for ImageNet runs (data.name imagenet2012): fig4.png
-and imagenet.md (Tables 2-4). Whatever a workdir has no runs for is skipped.
+checkpoints), table6.md (test error beside the paper's); for runs of the ImageNet recipe (imagenet2012, or a folder of
+photos read with data.pipeline='imagenet'): fig4.png and imagenet.md (Tables 2-4). Whatever a workdir has no runs for is skipped.
 """
 
 import argparse
@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from src import paper  # noqa: E402
 from src.analysis.plots import plot_fig1, plot_fig4, plot_fig6  # noqa: E402
-from src.analysis.runs import IMAGENET, imagenet_table, load_metrics, load_runs, table6, to_markdown  # noqa: E402
+from src.analysis.runs import imagenet_table, load_metrics, load_runs, table6, to_markdown  # noqa: E402
 
 
 def write_report(workdir: str, num_images: int = 500, log=print) -> list:
@@ -37,7 +37,7 @@ def write_report(workdir: str, num_images: int = 500, log=print) -> list:
       f.write(text)
     written.append(path)
 
-  cifar = curves[curves["dataset"] != IMAGENET]
+  cifar = curves[curves["recipe"] == "cifar"]
   if len(cifar):
     if (cifar["net"] == "plain").any():
       save(plot_fig1(cifar), "fig1.png")
@@ -60,7 +60,7 @@ def write_report(workdir: str, num_images: int = 500, log=print) -> list:
         + to_markdown(table6(workdir)),
         "table6.md",
     )
-  imagenet = curves[curves["dataset"] == IMAGENET]
+  imagenet = curves[curves["recipe"] == "imagenet"]
   if len(imagenet):
     save(plot_fig4(imagenet), "fig4.png")
     save_text(

@@ -40,19 +40,21 @@ def sweep(fake_cifar10_dir, tmp_path_factory):
 def imagenet_workdir(tmp_path_factory):
   """Two ImageNet-like runs written by hand (no ImageNet here): what Fig. 4 and Tables 2-4 read."""
   workdir = tmp_path_factory.mktemp("imagenet")
-  for run, model, shortcut in (("plain18", "plain18", "B"), ("resnet34", "resnet34", "B")):
+  for run, model, data in (
+      ("plain18", "plain18", {"name": "imagenet2012"}),
+      ("resnet34", "resnet34", {"name": "imagenet2012"}),
+      ("photos34", "resnet34", {"name": "image_folder", "pipeline": "imagenet"}),  # the ImageNet recipe on photos
+  ):
     d = workdir / run
     d.mkdir()
-    (d / "config.json").write_text(
-        json.dumps({"name": run, "data": {"name": "imagenet2012"}, "model": {"name": model, "shortcut": shortcut}})
-    )
+    (d / "config.json").write_text(json.dumps({"name": run, "data": data, "model": {"name": model, "shortcut": "B"}}))
     rows = [{"step": s, "train/error": 0.9 - s / 2000} for s in range(100, 1001, 100)]
     for r in rows[1::2]:
       r.update({"val/error": r["train/error"] + 0.05, "val/top5_error": r["train/error"] - 0.2})
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "result.json").write_text(
         json.dumps(
-            {"name": run, "model": model, "dataset": "imagenet2012", "steps": 1000, "params": 21_800_000, **rows[-1]}
+            {"name": run, "model": model, "dataset": data["name"], "steps": 1000, "params": 21_800_000, **rows[-1]}
         )
     )
   evaluated = {"ten_crop": {"top1_error": 0.25, "top5_error": 0.08, "count": 50000}}  # as src.evaluate writes it
@@ -111,6 +113,9 @@ def test_imagenet_table_beside_the_paper(imagenet_workdir):
   assert t.loc["plain18", "paper 10-crop top-1"] == paper.IMAGENET_10CROP["plain18"][0]
   assert (t.loc["resnet34", "10-crop top-1"], t.loc["resnet34", "10-crop top-5"]) == (25.0, 8.0)  # from eval.json
   assert pd.isna(t.loc["plain18", "10-crop top-1"]) and pd.isna(t.loc["resnet34", "multi-scale top-1"])
+  # The ImageNet recipe on a folder of photos: in Tables 2-4 and Fig. 4, not Table 6, and without ImageNet's numbers.
+  assert t.loc["photos34", "top-1"] == t.loc["resnet34", "top-1"] and pd.isna(t.loc["photos34", "paper 10-crop top-1"])
+  assert table6(imagenet_workdir).empty
 
 
 def test_layer_responses_one_std_per_3x3_layer(sweep):
@@ -202,4 +207,4 @@ def test_notebook_executes(sweep, notebook, monkeypatch):
 def test_imagenet_notebook_on_imagenet_runs(imagenet_workdir, monkeypatch):
   outputs = _execute("imagenet.ipynb", imagenet_workdir, monkeypatch)
   assert any("image/png" in o.get("data", {}) for o in outputs)  # Fig. 4
-  assert any("2 ImageNet runs" in o.get("text", "") for o in outputs)
+  assert any("3 runs of the ImageNet recipe" in o.get("text", "") for o in outputs)

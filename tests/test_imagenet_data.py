@@ -4,10 +4,10 @@ import os
 import time
 from collections import Counter
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from src import data
 from src.data import imagenet
 from src.errors import DatasetMissingError
@@ -27,7 +27,10 @@ SMALL = dict(
 
 
 def config(data_dir, **overrides):
-  return ml_collections.ConfigDict({**SMALL, "data_dir": data_dir, **overrides})
+  """The recipe's data fields (configs/common.py imagenet_recipe), small."""
+  c = common.imagenet_recipe().data
+  c.update({**SMALL, "data_dir": data_dir, **overrides})
+  return c
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_train_stream_is_the_same_in_a_new_process(fake_imagenet_dir, tmp_path, 
 
   out = tmp_path / "batch.npz"
   script = (
-      "import sys, numpy as np, ml_collections; from src.data import imagenet; "
+      "import sys, numpy as np; from src.data import imagenet; "
       "from tests.test_imagenet_data import config; "
       "b = imagenet.load(config(sys.argv[1]), seed=3).train_batch(5, 8); np.savez(sys.argv[2], **b)"
   )

@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 
 from src import data, models, replicas
-from src.analysis.runs import IMAGENET, load_runs
+from src.analysis.runs import load_runs
 from src.checkpoint import load_saved_state
 from src.cpu import xla_flags
 from src.step import normalize
@@ -114,7 +114,7 @@ def response_stds(workdir: str, split: str = "test", num_images: int = 500) -> d
   return {
       r.run: layer_response_std(r.dir, split, num_images)
       for r in runs.itertuples()
-      if r.dataset != IMAGENET and has_checkpoint(r.dir)
+      if r.recipe == "cifar" and has_checkpoint(r.dir)
   }
 
 

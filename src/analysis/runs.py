@@ -9,7 +9,15 @@ import pandas as pd
 from src import paper, replicas
 from src.metrics import read_metrics
 
-IMAGENET = "imagenet2012"  # config.data.name of ImageNet runs (Fig. 4, Tables 2-4)
+IMAGENET = "imagenet2012"  # config.data.name of ImageNet runs (Tables 2-4 give their paper numbers)
+
+
+def recipe(config: dict, result: dict) -> str:
+  """'imagenet' for runs of the ImageNet recipe (Sec. 3.4: imagenet2012, or an image folder read with
+  data.pipeline='imagenet'; Fig. 4, Tables 2-4), else 'cifar' (Sec. 4.2: Fig. 1, 6, 7, Table 6)."""
+  data = {**config.get("data", {}), **(result.get("data") or {})}
+  imagenet = (result.get("dataset") or data.get("name")) == IMAGENET or data.get("pipeline") == "imagenet"
+  return "imagenet" if imagenet else "cifar"
 
 
 def run_dirs(workdir: str) -> list:
@@ -55,7 +63,7 @@ def _newest(rows: list) -> dict:
 
 def load_runs(workdir: str) -> pd.DataFrame:
   """One row per run: run (its directory name), name, model, net (plain/resnet), depth, shortcut, dataset,
-  copy_of ('cifar10' for an image folder holding CIFAR-10, from result.json: known once the run has finished),
+  recipe ('cifar' or 'imagenet', `recipe`), copy_of ('cifar10' for an image folder holding CIFAR-10, from result.json: known once the run has finished),
   params, steps, finished, wall_time_s, the final errors and, for CIFAR-10 runs and finished runs on a CIFAR-10
   copy, Table 6's test error (src.paper.cifar_test_error)."""
   rows = []
@@ -74,6 +82,7 @@ def load_runs(workdir: str) -> pd.DataFrame:
         **describe(model),
         "shortcut": config.get("model", {}).get("shortcut"),
         "dataset": dataset,
+        "recipe": recipe(config, result),
         "copy_of": (result.get("data") or {}).get("copy_of"),
         "params": result.get("params"),
         "num_seeds": result.get("num_seeds", config.get("num_seeds", 1)),
@@ -89,7 +98,7 @@ def load_runs(workdir: str) -> pd.DataFrame:
 
 
 def load_metrics(workdir: str) -> pd.DataFrame:
-  """Every logged row of every run, wide: run, net, depth, dataset, step, then one column per metric as in
+  """Every logged row of every run, wide: run, net, depth, dataset, recipe, step, then one column per metric as in
   metrics.jsonl (train/error every log_every steps; val/ and test/ columns only at evaluations, else NaN; a
   'replica' column in runs of several seeds, one row per replica and step)."""
   frames = []
@@ -99,7 +108,13 @@ def load_metrics(workdir: str) -> pd.DataFrame:
       if _is_error(col):
         df[col] = 100 * df[col]
     for i, (key, value) in enumerate(
-        (("run", run.run), ("net", run.net), ("depth", run.depth), ("dataset", run.dataset))
+        (
+            ("run", run.run),
+            ("net", run.net),
+            ("depth", run.depth),
+            ("dataset", run.dataset),
+            ("recipe", run.recipe),
+        )
     ):
       df.insert(i, key, value)
     frames.append(df)
@@ -112,7 +127,7 @@ def table6(workdir: str) -> pd.DataFrame:
   the paper's (src.paper.CIFAR10_COPY_NOTE). Runs of several seeds give the mean over them, `test/error_std` and
   the best, `test/error_min`: Table 6 gives ResNet-110 as best (mean +- std) of 5 runs, 6.43 (6.61 +- 0.16)."""
   runs = load_runs(workdir)
-  runs = runs[runs["dataset"] != IMAGENET].sort_values(["net", "depth"])
+  runs = runs[runs["recipe"] == "cifar"].sort_values(["net", "depth"])
   cols = ["run", "model", "dataset", "params", "steps", "train/error", "val/error", "test/error", "paper test/error"]
   if (runs["num_seeds"] > 1).any():
     cols[cols.index("test/error") + 1 : cols.index("test/error") + 1] = ["test/error_std", "test/error_min"]
@@ -129,14 +144,14 @@ def _millions(p):
 
 
 def imagenet_table(workdir: str) -> pd.DataFrame:
-  """Tables 2-4: each ImageNet run's validation top-1 (and top-5, where logged) beside the paper's 10-crop and
-  multi-scale numbers. The training-time errors are single centre-crop; where the run was evaluated with
+  """Tables 2-4: each run of the ImageNet recipe's validation top-1 (and top-5, where logged) beside the paper's
+  10-crop and multi-scale numbers (for imagenet2012 runs only: beside a folder of other photos they would mislead). The training-time errors are single centre-crop; where the run was evaluated with
   `--config.mode=eval` (eval.json), its 10-crop and multi-scale errors stand beside the paper's."""
   runs = load_runs(workdir)
-  runs = runs[runs["dataset"] == IMAGENET].sort_values(["net", "depth"]) if len(runs) else runs
+  runs = runs[runs["recipe"] == "imagenet"].sort_values(["net", "depth"]) if len(runs) else runs
   rows = []
   for r in runs.to_dict("records"):
-    key = paper.imagenet_key(r["model"], r["shortcut"])
+    key = paper.imagenet_key(r["model"], r["shortcut"]) if r["dataset"] == IMAGENET else None
     top5 = next((r[k] for k in r if k.startswith("val/top5") and r[k] == r[k]), None)
     ten, multi = paper.IMAGENET_10CROP.get(key, (None, None)), paper.IMAGENET_MULTISCALE.get(key, (None, None))
     evals = _json(os.path.join(r["dir"], "eval.json")).get("results", {})

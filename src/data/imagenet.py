@@ -339,31 +339,23 @@ class ImageNetDataset:
     seed, process_index, process_count: the run seed; this process and the job's process count.
 
   Raises:
-    ValueError: inconsistent crop / scale / resize fields, or fewer train images than processes.
+    ConfigError: inconsistent crop / scale / resize / mean fields (check_config).
+    ValueError: fewer train images than processes.
   """
 
   num_classes = NUM_CLASSES
   splits = ("val",)
 
   def __init__(self, source, data_config, *, seed, process_index=0, process_count=1):
-    g = data_config.get
+    check_config(data_config)  # src.main has checked them already; a direct caller gets the same errors
+    d = data_config
     self.source = source
     self.seed, self.process_index, self.process_count = seed, process_index, process_count
-    self.crop = g("crop", 224)
-    self.scale_min, self.scale_max = g("scale_min", 256), g("scale_max", 480)
-    self.flip, self.color_pca = g("flip", True), float(g("color_pca", 0.1))
-    self.eval_resize = g("eval_resize", 256)
-    self.multiscale = tuple(g("multiscale", (224, 256, 384, 480, 640)))
-    self.multiscale_round = g("multiscale_round", 32)
-    self.mean_mode, self.mean_images = g("mean", "pixel"), g("mean_images", 10_000)
-    if not self.crop <= self.scale_min <= self.scale_max or self.eval_resize < self.crop:
-      raise ValueError(
-          f"imagenet: need crop <= scale_min <= scale_max and crop <= eval_resize, got crop "
-          f"{self.crop}, scales [{self.scale_min}, {self.scale_max}], "
-          f"eval_resize {self.eval_resize}"
-      )
-    if self.mean_mode not in ("pixel", "channel"):
-      raise ValueError(f"imagenet: data.mean must be 'pixel' or 'channel', got {self.mean_mode!r}")
+    self.crop, self.scale_min, self.scale_max = d.crop, d.scale_min, d.scale_max
+    self.flip, self.color_pca = d.flip, float(d.color_pca)
+    self.eval_resize = d.eval_resize
+    self.multiscale, self.multiscale_round = tuple(d.multiscale), d.multiscale_round
+    self.mean_mode, self.mean_images = d.mean, d.mean_images
     self.num_classes = getattr(source, "num_classes", NUM_CLASSES)
     self.class_names = getattr(source, "class_names", None)
     self.info = dict(source.info)
