@@ -34,7 +34,8 @@ def cifar_recipe(model_name: str = "cifar_resnet20") -> ml_collections.ConfigDic
   c.data.heldout = ""  # image_folder: the held-out folder, 'test' or 'val' ('' = whichever of them exists)
   c.data.pipeline = "cifar"  # image_folder: 'cifar' (one size, in memory); 'imagenet': photos (imagenet_folder_preset)
   c.data.val_size = 5000  # 45k/5k train/val split, as the paper chose hyper-parameters; 0 = full 50k
-  c.data.pad = 4  # 4-pixel zero padding per side, random 32x32 crop
+  c.data.pad = 4  # 4-pixel padding per side, random 32x32 crop
+  c.data.pad_fill = "zero"  # padding holds black pixels; 'mean': the mean colour (src/data/__init__.py)
   c.data.flip = True  # random horizontal flip
 
   c.model = ml_collections.ConfigDict()

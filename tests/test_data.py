@@ -113,11 +113,17 @@ def test_stream_is_a_sequence_of_epoch_permutations(fake_cifar10_dir):
   assert not np.array_equal(idx[:n], idx[n : 2 * n])  # a new permutation each epoch
 
 
-def test_crop_and_flip_are_windows_of_the_zero_padded_image(fake_cifar10_dir):
+@pytest.mark.parametrize("pad_fill", ["zero", "mean"])
+def test_crop_and_flip_are_windows_of_the_padded_image(fake_cifar10_dir, pad_fill):
   raw = get_dataset(config(fake_cifar10_dir, pad=0, flip=False), seed=3).train_batch(7, 128)
-  aug = get_dataset(config(fake_cifar10_dir, pad=4, flip=True), seed=3).train_batch(7, 128)
+  ds = get_dataset(config(fake_cifar10_dir, pad=4, flip=True, pad_fill=pad_fill), seed=3)
+  aug = ds.train_batch(7, 128)
   np.testing.assert_array_equal(raw["label"], aug["label"])  # same examples: only pixels move
-  padded = np.pad(raw["image"], ((0, 0), (4, 4), (4, 4), (0, 0)))
+  fill = np.zeros(3) if pad_fill == "zero" else np.round(ds.mean.astype(np.float64).mean((0, 1)))
+  assert pad_fill == "zero" or fill.min() > 50  # the fake images' mean colour, not black
+  padded = np.empty((128, 40, 40, 3), np.uint8)
+  padded[:] = fill.astype(np.uint8)
+  padded[:, 4:36, 4:36] = raw["image"]
   windows = sliding_window_view(padded, (32, 32), axis=(1, 2)).transpose(0, 1, 2, 4, 5, 3)  # b,9,9,32,32,3
   out = aug["image"][:, None, None]
   plain = (windows == out).all(axis=(3, 4, 5))

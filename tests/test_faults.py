@@ -166,6 +166,7 @@ BAD_CONFIGS = [
     (dict(model__scan="sometimes"), "config.model.scan: must be 'auto', 'true' or 'false'"),
     (dict(data__name="imagenet21k"), "config.data.name: must be one of"),
     (dict(data__val_size=-5), "config.data.val_size: must be an integer >= 0"),
+    (dict(data__pad_fill="edge"), "config.data.pad_fill: must be 'zero' (black pixels) or 'mean'"),
     (dict(batch_size=0), "config.batch_size: must be a positive integer, got 0"),
     (dict(batch_size=100), "config.batch_size: 100 is not divisible by the 8 devices"),
     (dict(eval_batch_size=1001), "config.eval_batch_size: 1001 is not divisible by the 8 devices"),

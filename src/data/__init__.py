@@ -71,6 +71,13 @@ def check_config(data_config) -> DatasetSpec:
   spec = spec_of(data_config)
   if spec.check is not None:
     spec.check(data_config)
+  if spec.in_memory:
+    fill = data_config.get("pad_fill", "zero")
+    require(
+        fill in ("zero", "mean"),
+        "data.pad_fill",
+        f"must be 'zero' (black pixels) or 'mean' (the mean colour: zero after the mean is subtracted), got {fill!r}.",
+    )
   if not spec.own_val:
     require(
         isinstance(data_config.val_size, int) and data_config.val_size >= 0,
@@ -101,7 +108,10 @@ class InMemoryDataset:
     sizes: {split: number of examples over all processes}.
     num_classes: number of labels.
     seed: the run seed; train batches are a pure function of (seed, step, process_index).
-    pad, flip: augmentation (Sec. 4.2: 4-pixel zero padding, random crop, horizontal flip).
+    pad, flip: augmentation (Sec. 4.2: 4-pixel padding, random crop, horizontal flip).
+    pad_fill: what the padding holds: 'zero' (black pixels, then the mean is subtracted: torchvision's
+      RandomCrop(padding=4)) or 'mean' (the training set's mean colour, rounded: zero once the mean is subtracted,
+      as fb.resnet.torch pads its normalised images).
     process_index, process_count: this process and the job's process count (the mean is over all shards).
     class_names: label i's name, where the data has names (image folders).
     info: facts about the data recorded in result.json under 'data' (image folders: dir, classes, copy_of).
@@ -116,6 +126,7 @@ class InMemoryDataset:
       seed,
       pad,
       flip,
+      pad_fill="zero",
       process_index,
       process_count,
       class_names=None,
@@ -131,6 +142,8 @@ class InMemoryDataset:
     self.seed, self.pad, self.flip = seed, pad, flip
     self.process_index, self.process_count = process_index, process_count
     self.mean = global_mean(self.train_images, process_count)
+    # 'mean': the per-channel mean colour, rounded to the images' dtype (the per-pixel mean varies little).
+    self.pad_fill = 0 if pad_fill == "zero" else np.round(self.mean.mean((0, 1))).astype(self.train_images.dtype)
     self.class_names = tuple(class_names) if class_names is not None else None
     self.info = dict(info or {})
     self._perms = {}
@@ -159,7 +172,7 @@ class InMemoryDataset:
       sel = epochs == epoch
       idx[sel] = self._permutation(seed, int(epoch))[offsets[sel]]
     rng = np.random.default_rng([seed, 1, step, self.process_index])  # stream 1: augmentation
-    images = random_crop_flip(self.train_images[idx], rng, self.pad, self.flip)
+    images = random_crop_flip(self.train_images[idx], rng, self.pad, self.flip, self.pad_fill)
     return {"image": images, "label": self.train_labels[idx]}
 
   def eval_batches(self, split: str, local_batch_size: int):
@@ -185,7 +198,7 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
   imagenet2012 a streamed ImageNetDataset (its fields in src/data/imagenet.py). data_config: name, data_dir (tfds;
   None = default), dir (image_folder: <dir>/{train,test}/<class>/<image>, src/data/image_folder.py), val_size
   (5000; held out from the end of train, image_folder: by a fixed permutation; 0 = none; mnist5k caps it at 500),
-  pad (4; 0 = no crop), flip (True). Raises DatasetMissingError (with the fix) when the data is not there."""
+  pad (4; 0 = no crop), pad_fill ('zero'), flip (True). Raises DatasetMissingError (with the fix) when the data is not there."""
   if data_config.name not in DATASETS:
     raise ValueError(f"unknown dataset {data_config.name!r}; valid names: {', '.join(DATASETS)}")
   return spec_of(data_config).load(data_config, seed, process_index, process_count)
@@ -199,6 +212,7 @@ def _in_memory(data_config, seed, process_index, process_count, arrays, sizes, n
       seed=seed,
       pad=data_config.get("pad", 4),
       flip=data_config.get("flip", True),
+      pad_fill=data_config.get("pad_fill", "zero"),
       process_index=process_index,
       process_count=process_count,
       **extra,
