@@ -198,7 +198,8 @@ def get_dataset(data_config, *, seed: int, process_index: int = 0, process_count
   imagenet2012 a streamed ImageNetDataset (its fields in src/data/imagenet.py). data_config: name, data_dir (tfds;
   None = default), dir (image_folder: <dir>/{train,test}/<class>/<image>, src/data/image_folder.py), val_size
   (5000; held out from the end of train, image_folder: by a fixed permutation; 0 = none; mnist5k caps it at 500),
-  pad (4; 0 = no crop), pad_fill ('zero'), flip (True). Raises DatasetMissingError (with the fix) when the data is not there."""
+  pad (4; 0 = no crop), pad_fill ('zero'), flip (True). Raises DatasetMissingError (with the fix) when the data is
+  not there."""
   if data_config.name not in DATASETS:
     raise ValueError(f"unknown dataset {data_config.name!r}; valid names: {', '.join(DATASETS)}")
   return spec_of(data_config).load(data_config, seed, process_index, process_count)
