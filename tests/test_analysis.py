@@ -102,6 +102,36 @@ def test_table6_carries_the_papers_number(tmp_path):
   assert t6.loc["digits", "paper test/error"] is None or np.isnan(t6.loc["digits", "paper test/error"])
 
 
+def test_fig6_draws_two_runs_of_one_depth_as_two_curves(tmp_path):
+  """A ResNet-20 at two lengths and the PyTorch peer's in one workdir (as docs/runs): three curves, each its own
+  run's steps in order, not one curve zig-zagging between them."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from src.analysis.plots import plot_fig6
+
+  for run, model, steps in (
+      ("r20-8k", "cifar_resnet20", 8),
+      ("r20-16k", "cifar_resnet20", 16),
+      ("peer", "pytorch_cifar_resnet20", 16),
+      ("r56", "cifar_resnet56", 8),
+  ):
+    d = tmp_path / run
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model": {"name": model}, "data": {"name": "image_folder"}}))
+    rows = [{"step": s * 1000, "train/error": 0.5 / s, "test/error": 0.6 / s} for s in range(1, steps + 1)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  curves = load_metrics(str(tmp_path))
+  assert set(curves.loc[curves["run"] == "peer", "net"]) == {"resnet"}
+  ax = plot_fig6(curves).axes[1]
+  labels = sorted(ax.get_legend_handles_labels()[1])
+  assert labels == ["ResNet-20 (peer)", "ResNet-20 (r20-16k)", "ResNet-20 (r20-8k)", "ResNet-56"]
+  bold = [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+  assert sorted(len(line.get_xdata()) for line in bold) == [8, 8, 16, 16]
+  assert all((np.diff(line.get_xdata()) > 0).all() for line in bold)
+  assert len({line.get_color() for line in bold}) == 4
+
+
 def test_imagenet_table_beside_the_paper(imagenet_workdir):
   t = imagenet_table(imagenet_workdir).set_index("run")
   assert t.loc["resnet34", "top-1"] == pytest.approx(100 * (0.9 - 0.5 + 0.05))  # the final val/error, in %

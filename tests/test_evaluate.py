@@ -136,19 +136,8 @@ def test_imagenet_trains_and_evaluates_with_every_protocol(fake_imagenet_dir, tm
   assert all(r["count"] == 7 for r in got["results"].values())  # every validation image, once
 
   # The protocols by hand, on the same checkpoint and the real pipeline.
-  cfg = ml_collections.ConfigDict(
-      {
-          "name": "imagenet2012",
-          "data_dir": fake_imagenet_dir,
-          "crop": 32,
-          "scale_min": 36,
-          "scale_max": 48,
-          "eval_resize": 36,
-          "multiscale": (32, 40, 48),
-          "multiscale_round": 8,
-          "mean_images": 16,
-      }
-  )
+  cfg = ml_collections.ConfigDict(json.loads((tmp_path / "config.json").read_text())).data  # the run's own
+  assert (cfg.crop, tuple(cfg.multiscale), cfg.data_dir) == (32, (32, 40, 48), fake_imagenet_dir)
   ds = data.get_dataset(cfg, seed=0)
   ((model, variables, _),) = load_members(str(tmp_path), 1000)
   softmax = lambda x, mean: np.asarray(jax.nn.softmax(model.apply(variables, normalize(x, mean), train=False)))

@@ -7,8 +7,25 @@ LABELS = {"plain": "plain", "resnet": "ResNet"}
 
 
 def _colors(df):
-  """One colour per depth, the same in both panels, so plain-20 and ResNet-20 match as in the paper."""
-  return {d: COLORS(i % 10) for i, d in enumerate(sorted(df["depth"].dropna().unique()))}
+  """One colour per depth, the same in both panels, so plain-20 and ResNet-20 match as in the paper; a second
+  run of a net and depth (another length, the PyTorch peer) gets the next unused colour."""
+  depths = sorted(df["depth"].dropna().unique())
+  colors = {d: COLORS(i % 10) for i, d in enumerate(depths)}
+  extra = len(depths)
+  for net, group in df.groupby("net"):
+    listed = _runs_of(group)
+    for i, (depth, name) in enumerate(listed):
+      if i and listed[i - 1][0] == depth:
+        colors[(net, name)] = COLORS(extra % 10)
+        extra += 1
+  return colors
+
+
+def _runs_of(df):
+  """[(depth, run)] of the runs in a table (runs without a depth left out), shallowest first, runs of one depth
+  by name."""
+  depths = df.groupby("run")["depth"].first().dropna()
+  return sorted((d, r) for r, d in depths.items())
 
 
 def over_seeds(run, key):
@@ -27,11 +44,15 @@ def _curve(ax, run, key, style, lw, color, label=None):
 
 def _curves(ax, df, net, eval_key, colors):
   runs = df[df["net"] == net]
-  for depth in sorted(runs["depth"].dropna().unique()):
-    run = runs[runs["depth"] == depth].sort_values("step")
-    _curve(ax, run, "train/error", "--", 0.8, colors[depth])  # thin dashed: training
+  listed = _runs_of(runs)
+  depths = [d for d, _ in listed]
+  for depth, name in listed:
+    run = runs[runs["run"] == name].sort_values("step")
+    color = colors.get((net, name), colors[depth])
+    label = f"{LABELS[net]}-{int(depth)}" + (f" ({name})" if depths.count(depth) > 1 else "")
+    _curve(ax, run, "train/error", "--", 0.8, color)  # thin dashed: training
     if eval_key in run:
-      _curve(ax, run, eval_key, "-", 2.2, colors[depth], label=f"{LABELS[net]}-{depth}")
+      _curve(ax, run, eval_key, "-", 2.2, color, label=label)
   ax.set_xlabel("iterations")
   ax.set_ylabel("error (%)")
   ax.set_title(f"{LABELS[net]} nets" if net == "plain" else "ResNets")

@@ -39,9 +39,10 @@ def _json(path):
 
 
 def describe(model_name: str) -> dict:
-  """'cifar_plain56' -> net 'plain', depth 56 (the registry's names; see src/models)."""
-  m = re.fullmatch(r"(cifar_)?(resnet|plain|vgg)(\d+)", model_name)
-  return {"net": m.group(2), "depth": int(m.group(3))} if m else {"net": model_name, "depth": None}
+  """'cifar_plain56' -> net 'plain', depth 56 (the registry's names; see src/models); the PyTorch peer's
+  'pytorch_cifar_resnet20' (src/bench_torch.py) -> 'resnet', 20."""
+  m = re.fullmatch(r"(pytorch_)?(cifar_)?(resnet|plain|vgg)(\d+)", model_name)
+  return {"net": m.group(3), "depth": int(m.group(4))} if m else {"net": model_name, "depth": None}
 
 
 def _is_error(key: str) -> bool:
