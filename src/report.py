@@ -2,8 +2,9 @@
 
 Writes into DIR, for the CIFAR-style runs (cifar10, mnist5k, image_folder): fig1.png (shallowest vs deepest
 plain net), fig6.png (plain nets vs ResNets, training and test error), fig7.png (layer response stds; runs with
-checkpoints), table6.md (test error beside the paper's); for runs of the ImageNet recipe (imagenet2012, or a folder of
-photos read with data.pipeline='imagenet'): fig4.png and imagenet.md (Tables 2-4). Whatever a workdir has no runs for is skipped.
+checkpoints), table6.md (test error beside the paper's); for runs of the ImageNet recipe (imagenet2012, or a
+folder of photos read with data.pipeline='imagenet'): fig4.png and imagenet.md (Tables 2-4). Whatever a workdir
+has no runs for is skipped.
 """
 
 import argparse

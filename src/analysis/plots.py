@@ -7,17 +7,19 @@ LABELS = {"plain": "plain", "resnet": "ResNet"}
 
 
 def _colors(df):
-  """One colour per depth, the same in both panels, so plain-20 and ResNet-20 match as in the paper; a second
-  run of a net and depth (another length, the PyTorch peer) gets the next unused colour."""
+  """{(net, run): colour}. One colour per depth, the same in both panels, so plain-20 and ResNet-20 match as in
+  the paper; a second run of a net and depth (another length, the PyTorch peer) gets the next unused colour."""
   depths = sorted(df["depth"].dropna().unique())
-  colors = {d: COLORS(i % 10) for i, d in enumerate(depths)}
-  extra = len(depths)
+  by_depth = {d: COLORS(i % 10) for i, d in enumerate(depths)}
+  colors, extra = {}, len(depths)
   for net, group in df.groupby("net"):
-    listed = _runs_of(group)
-    for i, (depth, name) in enumerate(listed):
-      if i and listed[i - 1][0] == depth:
-        colors[(net, name)] = COLORS(extra % 10)
-        extra += 1
+    seen = set()
+    for depth, name in _runs_of(group):
+      if depth in seen:
+        colors[(net, name)], extra = COLORS(extra % 10), extra + 1
+      else:
+        colors[(net, name)] = by_depth[depth]
+        seen.add(depth)
   return colors
 
 
@@ -48,7 +50,7 @@ def _curves(ax, df, net, eval_key, colors):
   depths = [d for d, _ in listed]
   for depth, name in listed:
     run = runs[runs["run"] == name].sort_values("step")
-    color = colors.get((net, name), colors[depth])
+    color = colors[(net, name)]
     label = f"{LABELS[net]}-{int(depth)}" + (f" ({name})" if depths.count(depth) > 1 else "")
     _curve(ax, run, "train/error", "--", 0.8, color)  # thin dashed: training
     if eval_key in run:

@@ -64,8 +64,8 @@ def _newest(rows: list) -> dict:
 
 def load_runs(workdir: str) -> pd.DataFrame:
   """One row per run: run (its directory name), name, model, net (plain/resnet), depth, shortcut, dataset,
-  recipe ('cifar' or 'imagenet', `recipe`), copy_of ('cifar10' for an image folder holding CIFAR-10, from result.json: known once the run has finished),
-  params, steps, finished, wall_time_s, the final errors and, for CIFAR-10 runs and finished runs on a CIFAR-10
+  recipe ('cifar' or 'imagenet', `recipe`), copy_of ('cifar10' for an image folder holding CIFAR-10, from
+  result.json: known once the run has finished), params, steps, finished, wall_time_s, the final errors and, for CIFAR-10 runs and finished runs on a CIFAR-10
   copy, Table 6's test error (src.paper.cifar_test_error)."""
   rows = []
   for d in run_dirs(workdir):
@@ -146,7 +146,8 @@ def _millions(p):
 
 def imagenet_table(workdir: str) -> pd.DataFrame:
   """Tables 2-4: each run of the ImageNet recipe's validation top-1 (and top-5, where logged) beside the paper's
-  10-crop and multi-scale numbers (for imagenet2012 runs only: beside a folder of other photos they would mislead). The training-time errors are single centre-crop; where the run was evaluated with
+  10-crop and multi-scale numbers (for imagenet2012 runs only: beside a folder of other photos they would
+  mislead). The training-time errors are single centre-crop; where the run was evaluated with
   `--config.mode=eval` (eval.json), its 10-crop and multi-scale errors stand beside the paper's."""
   runs = load_runs(workdir)
   runs = runs[runs["recipe"] == "imagenet"].sort_values(["net", "depth"]) if len(runs) else runs
