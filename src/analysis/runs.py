@@ -65,8 +65,8 @@ def _newest(rows: list) -> dict:
 def load_runs(workdir: str) -> pd.DataFrame:
   """One row per run: run (its directory name), name, model, net (plain/resnet), depth, shortcut, dataset,
   recipe ('cifar' or 'imagenet', `recipe`), copy_of ('cifar10' for an image folder holding CIFAR-10, from
-  result.json: known once the run has finished), params, steps, finished, wall_time_s, the final errors and, for CIFAR-10 runs and finished runs on a CIFAR-10
-  copy, Table 6's test error (src.paper.cifar_test_error)."""
+  result.json: known once the run has finished), params, steps, finished, wall_time_s, the final errors and, for
+  CIFAR-10 runs and finished runs on a CIFAR-10 copy, Table 6's test error (src.paper.cifar_test_error)."""
   rows = []
   for d in run_dirs(workdir):
     config, result = _json(os.path.join(d, "config.json")), _json(os.path.join(d, "result.json"))
