@@ -123,7 +123,9 @@ def test_fig6_draws_two_runs_of_one_depth_as_two_curves(tmp_path):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   curves = load_metrics(str(tmp_path))
   assert set(curves.loc[curves["run"] == "peer", "net"]) == {"resnet"}
-  ax = plot_fig6(curves).axes[1]
+  fig = plot_fig6(curves)
+  assert len(fig.axes) == 1 and fig.axes[0].get_title() == "ResNets"  # no empty plain-net panel beside it
+  ax = fig.axes[0]
   labels = sorted(ax.get_legend_handles_labels()[1])
   assert labels == ["ResNet-20 (peer)", "ResNet-20 (r20-16k)", "ResNet-20 (r20-8k)", "ResNet-56"]
   bold = [line for line in ax.get_lines() if line.get_linestyle() == "-"]

@@ -65,10 +65,12 @@ def _curves(ax, df, net, eval_key, colors):
 
 def plot_fig6(df, eval_key="test/error"):
   """Fig. 6: plain nets (left), ResNets (right); thin dashed = training error, bold = `eval_key` error. Runs of
-  several seeds: the mean over them, in a band from the lowest to the highest seed."""
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  several seeds: the mean over them, in a band from the lowest to the highest seed. A table with one kind of net
+  only (e.g. ResNets at a length no plain net was run for) gets that one panel, not an empty one beside it."""
+  nets = [net for net in ("plain", "resnet") if (df["net"] == net).any()] or ["plain", "resnet"]
+  fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4), sharey=True, squeeze=False)
   colors = _colors(df)
-  for ax, net in zip(axes, ("plain", "resnet")):
+  for ax, net in zip(axes[0], nets):
     _curves(ax, df, net, eval_key, colors)
   fig.suptitle(f"dashed: training error, bold: {eval_key.split('/')[0]} error")
   fig.tight_layout()
