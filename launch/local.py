@@ -52,7 +52,9 @@ def child_command(main_args, process_id, num_processes, port, module="src.main")
 
 
 def _pump(stream, prefix, out, lock):
-  # Line by line so the output of different processes never interleaves mid-line.
+  # Line by line so the output of different processes never interleaves mid-line. Each child's stdout and stderr
+  # have a pump each: one shared pipe would mix a print with a C++ library's log line (Gloo writes its "Rank i is
+  # connected" line to stderr in pieces, from its own thread) within one line.
   for raw in iter(stream.readline, b""):
     with lock:
       out.write(prefix + raw.decode(errors="replace").rstrip("\r\n") + "\n")
@@ -150,12 +152,18 @@ def launch_local(
               env=env,
               stdin=subprocess.DEVNULL,
               stdout=subprocess.PIPE,
-              stderr=subprocess.STDOUT,
+              stderr=subprocess.PIPE,
               start_new_session=True,
           )
       )
-      pumps.append(threading.Thread(target=_pump, args=(procs[-1].stdout, f"[p{i}] ", out, lock), daemon=True))
-      pumps[-1].start()
+      pumps.append(
+          [
+              threading.Thread(target=_pump, args=(stream, f"[p{i}] ", out, lock), daemon=True)
+              for stream in (procs[-1].stdout, procs[-1].stderr)
+          ]
+      )
+      for t in pumps[-1]:
+        t.start()
       threading.Thread(target=await_exit, args=(i, procs[-1]), daemon=True).start()
     deadline = None if timeout is None else time.monotonic() + timeout
     done, stopped, failed = 0, [], None
@@ -176,7 +184,8 @@ def launch_local(
       elif c != 0:
         failed = i
         code = _exit_code(c)
-        pumps[i].join(timeout=2)  # its last lines (the error) before ours
+        for t in pumps[i]:
+          t.join(timeout=2)  # its last lines (the error) before ours
         say(f"process {i} failed first (exit code {c}; its error is in its [p{i}] lines); stopping the others")
         break
     if failed is None and stopped and not code:
@@ -194,8 +203,8 @@ def launch_local(
     finally:
       for s, handler in old_handlers.items():
         signal.signal(s, handler)
-    for t in pumps:
-      t.join(timeout=2)  # a grandchild could keep the pipe open; don't hang on it
+    for t in (t for pair in pumps for t in pair):
+      t.join(timeout=2)  # a grandchild could keep a pipe open; don't hang on it
   if code and procs:
     say("exit codes: " + " ".join(f"p{i}={p.returncode}" for i, p in enumerate(procs)))
   return code

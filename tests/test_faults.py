@@ -439,7 +439,8 @@ def test_read_errors_are_classified_by_their_causes():
 
 def start_processes(args, logs, n=2):
   """The job launch/local.py starts (n processes x 1 CPU device on 127.0.0.1), as separate Popen objects so that
-  a test can signal one process only. Output goes to files: a full pipe would stall a process."""
+  a test can signal one process only. Output goes to files (a full pipe would stall a process), stdout and stderr
+  each to its own: in one, Gloo's log line, which it writes in pieces, could split one of ours (output())."""
   if REPO not in sys.path:  # `launch` imports under plain `pytest` too (as in test_launch.py)
     sys.path.insert(0, REPO)
   from launch.local import child_command, child_env, free_port
@@ -450,12 +451,17 @@ def start_processes(args, logs, n=2):
           child_command(args, i, n, port),
           cwd=REPO,
           env=env,
-          stdout=open(logs / f"p{i}.log", "w"),
-          stderr=subprocess.STDOUT,
+          stdout=open(logs / f"p{i}.out", "w"),
+          stderr=open(logs / f"p{i}.err", "w"),
           start_new_session=True,
       )
       for i in range(n)
   ]
+
+
+def output(logs, i):
+  """What process i of start_processes(..., logs) wrote: its stdout, then its stderr."""
+  return (logs / f"p{i}.out").read_text() + (logs / f"p{i}.err").read_text()
 
 
 def finish(procs, timeout):
@@ -483,13 +489,13 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(fake_cifar1
 
   straight, stopped = tmp_path / "straight", tmp_path / "stopped"
   straight.mkdir(), stopped.mkdir()
-  assert finish(start_processes(args(straight), straight), 600) == [0, 0], (straight / "p0.log").read_text()[-3000:]
+  assert finish(start_processes(args(straight), straight), 600) == [0, 0], output(straight, 0)[-3000:]
 
   procs = start_processes(args(stopped), stopped)
   assert wait_for_step(procs[0], stopped, 10)
   procs[1].send_signal(signal.SIGTERM)  # process 1 only
   codes = finish(procs, 300)
-  logs = [(stopped / f"p{i}.log").read_text() for i in range(2)]
+  logs = [output(stopped, i) for i in range(2)]
   assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
   # Each process says why it stopped: process 1 was signalled, process 0 agreed with it.
   said = [
@@ -501,8 +507,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(fake_cifar1
   assert 10 <= saved < steps and sorted(os.listdir(stopped / "checkpoints")) == [str(saved)]
 
   # Started again: both processes resume from that step and end where the uninterrupted job ended.
-  assert finish(start_processes(args(stopped), stopped), 600) == [0, 0], (stopped / "p0.log").read_text()[-3000:]
-  assert f"Resumed from {stopped / 'checkpoints'} at step {saved}" in (stopped / "p0.log").read_text()
+  assert finish(start_processes(args(stopped), stopped), 600) == [0, 0], output(stopped, 0)[-3000:]
+  assert f"Resumed from {stopped / 'checkpoints'} at step {saved}" in output(stopped, 0)
   assert_trees_bitwise_equal(load_state(stopped), load_state(straight))
 
   # A changed experiment is refused by both processes alike, and nothing is moved.
@@ -510,5 +516,5 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(fake_cifar1
   changed = args(stopped) + ["--config.optim.momentum_form=optax"]
   assert finish(start_processes(changed, stopped), 300) == [1, 1]
   for i in range(2):
-    assert "fields that differ: ['optim.momentum_form']" in (stopped / f"p{i}.log").read_text()
+    assert "fields that differ: ['optim.momentum_form']" in output(stopped, i)
   assert sorted(os.listdir(stopped / "checkpoints")) == kept and not (stopped / "checkpoints.unreadable").exists()

@@ -125,6 +125,19 @@ def test_train_shards_are_disjoint(fake_imagenet_dir, process_count):
   assert counts == {c: TRAIN_PER_CLASS for c in fake_labels()}
 
 
+def test_one_process_standing_in_for_one_of_several_computes_and_caches_the_whole_mean(fake_imagenet_dir):
+  # process_index=0 of 3 outside a 3-process JAX job: its part alone (images 0-3 of 13) must not become the mean,
+  # nor the cache that every later load of the same data reads.
+  decoded, _ = tfds_images(fake_imagenet_dir, "train[:13]")
+  want = np.mean([imagenet.center_crop(imagenet.resize_shorter_side(x, 36), 32).numpy() for x in decoded], axis=0)
+  part = imagenet.load(config(fake_imagenet_dir, mean_images=13), seed=0, process_index=0, process_count=3)
+  try:
+    np.testing.assert_allclose(part.mean, want, rtol=1e-6)
+    np.testing.assert_allclose(np.load(part._mean_cache_path()), want, rtol=1e-6)
+  finally:
+    os.remove(part._mean_cache_path())
+
+
 def test_slice_instructions():
   from types import SimpleNamespace as I
 

@@ -312,9 +312,19 @@ app.run(main.main)
 """
 
 
+# A line on stdout between the pieces of a C++ library's stderr line, which Gloo writes unbuffered, in pieces.
+PIECES = """\
+import os
+os.write(2, b"[lib] Rank ")
+os.write(1, b"probe ok\\n")
+os.write(2, b"1 is connected\\n")
+"""
+
+
 @pytest.fixture
 def modules(tmp_path, monkeypatch):
   (tmp_path / "probe_mod.py").write_text(PROBE)
+  (tmp_path / "pieces_mod.py").write_text(PIECES)
   (tmp_path / "hang_mod.py").write_text(HANG)
   (tmp_path / "fail_mod.py").write_text(FAIL)
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # children inherit it; launch_local adds the repo root
@@ -336,6 +346,12 @@ def test_local_launch_runs_a_real_two_process_jax_job(modules):
   assert [(modules / f"p{i}").read_text() for i in range(2)] == ["[0, 1] a b $(x)"] * 2
   lines = out.getvalue().splitlines()
   assert "[p0] probe ok 0" in lines and "[p1] probe ok 1" in lines
+
+
+def test_local_launch_keeps_a_childs_stdout_and_stderr_lines_whole(modules):
+  out = io.StringIO()
+  assert launch_local([], 1, 1, module="pieces_mod", timeout=60, out=out) == 0, out.getvalue()
+  assert sorted(out.getvalue().splitlines()) == ["[p0] [lib] Rank 1 is connected", "[p0] probe ok"]
 
 
 def _pids(text):

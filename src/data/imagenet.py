@@ -533,9 +533,14 @@ class ImageNetDataset:
     ImageNet when preparing it; an image folder's order is a fixed permutation), shorter side eval_resize, centre
     crop. Each process averages its part, the parts are combined; for imagenet2012 the result is cached beside
     the prepared dataset."""
+    import jax
+
     path = self._mean_cache_path()
     have = path is not None and os.path.exists(path)
-    if self.process_count > 1:  # all processes must agree to skip the collective below
+    # The parts are JAX processes' parts. One process standing in for several (the tests' process_index=i of n)
+    # has no others to combine its part with: it computes the whole mean, which is also what it caches.
+    parts = self.process_count > 1 and jax.process_count() == self.process_count
+    if parts:  # all processes must agree to skip the collective below
       from jax.experimental import multihost_utils
 
       have = bool(np.min(multihost_utils.process_allgather(np.int32(have))))
@@ -543,7 +548,7 @@ class ImageNetDataset:
       return np.load(path).astype(np.float32)
     tf = _tf()
     m = min(self.mean_images, self.num_train)
-    start, stop = shard_range(m, self.process_index, self.process_count)
+    start, stop = shard_range(m, self.process_index, self.process_count) if parts else (0, m)
     total, count = np.zeros(self.image_shape, np.float64), 0
     if stop > start:
       ds = self.source.elements("train", start, stop).map(self._decoded, num_parallel_calls=tf.data.AUTOTUNE)
@@ -560,7 +565,7 @@ class ImageNetDataset:
         total += images.sum(axis=0, dtype=np.float64)
         count += len(images)
     local = (total / max(count, 1)).astype(np.float32)
-    if self.process_count > 1:
+    if parts:
       from jax.experimental import multihost_utils
 
       means, counts = multihost_utils.process_allgather((local, np.int32(count)))
