@@ -54,7 +54,7 @@ def child_command(main_args, process_id, num_processes, port, module="src.main")
 def _pump(stream, prefix, out, lock):
   # Line by line so the output of different processes never interleaves mid-line. Each child's stdout and stderr
   # have a pump each: one shared pipe would mix a print with a C++ library's log line (Gloo writes its "Rank i is
-  # connected" line to stderr in pieces, from its own thread) within one line.
+  # connected" line to stderr in pieces) within one line.
   for raw in iter(stream.readline, b""):
     with lock:
       out.write(prefix + raw.decode(errors="replace").rstrip("\r\n") + "\n")
