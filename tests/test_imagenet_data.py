@@ -52,6 +52,15 @@ def tfds_images(data_dir, split):
   return [r["image"] for r in rows], np.array([r["label"] for r in rows])
 
 
+def eval_view_mean(data_dir, n):
+  """Float64 mean [32, 32, 3] of the first n training images in file order, each resized (shorter side 36) and
+  centre-cropped to 32 as SMALL's mean is: the pixel mean the loader must compute, computed here from tfds."""
+  decoded, _ = tfds_images(data_dir, f"train[:{n}]")
+  return np.mean(
+      [imagenet.center_crop(imagenet.resize_shorter_side(x, 36), 32).numpy() for x in decoded], axis=0, dtype=np.float64
+  )
+
+
 def test_registered(fake_imagenet_dir):
   assert "imagenet2012" in data.DATASETS
   assert len(imagenet.prepare(fake_imagenet_dir).info.splits["train"].file_instructions) == 3  # files per split
@@ -128,8 +137,7 @@ def test_train_shards_are_disjoint(fake_imagenet_dir, process_count):
 def test_one_process_standing_in_for_one_of_several_computes_and_caches_the_whole_mean(fake_imagenet_dir):
   # process_index=0 of 3 outside a 3-process JAX job: its part alone (images 0-3 of 13) must not become the mean,
   # nor the cache that every later load of the same data reads.
-  decoded, _ = tfds_images(fake_imagenet_dir, "train[:13]")
-  want = np.mean([imagenet.center_crop(imagenet.resize_shorter_side(x, 36), 32).numpy() for x in decoded], axis=0)
+  want = eval_view_mean(fake_imagenet_dir, 13)
   part = imagenet.load(config(fake_imagenet_dir, mean_images=13), seed=0, process_index=0, process_count=3)
   try:
     np.testing.assert_allclose(part.mean, want, rtol=1e-6)
@@ -313,10 +321,7 @@ def test_color_pca_off_changes_nothing_else(fake_imagenet_dir):
 
 
 def test_mean(fake_imagenet_dir, ds):
-  decoded, _ = tfds_images(fake_imagenet_dir, "train[:16]")  # the first mean_images in file order
-  want = np.mean(
-      [imagenet.center_crop(imagenet.resize_shorter_side(x, 36), 32).numpy() for x in decoded], axis=0, dtype=np.float64
-  )
+  want = eval_view_mean(fake_imagenet_dir, 16)  # the first mean_images in file order
   assert ds.mean.shape == (32, 32, 3) and ds.mean.dtype == np.float32
   np.testing.assert_allclose(ds.mean, want, rtol=1e-6)
   channel = imagenet.load(config(fake_imagenet_dir, mean="channel"), seed=0).mean

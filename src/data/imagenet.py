@@ -534,6 +534,7 @@ class ImageNetDataset:
     crop. Each process averages its part, the parts are combined; for imagenet2012 the result is cached beside
     the prepared dataset."""
     import jax
+    from jax.experimental import multihost_utils
 
     path = self._mean_cache_path()
     have = path is not None and os.path.exists(path)
@@ -541,8 +542,6 @@ class ImageNetDataset:
     # has no others to combine its part with: it computes the whole mean, which is also what it caches.
     parts = self.process_count > 1 and jax.process_count() == self.process_count
     if parts:  # all processes must agree to skip the collective below
-      from jax.experimental import multihost_utils
-
       have = bool(np.min(multihost_utils.process_allgather(np.int32(have))))
     if have:  # the file name holds everything the mean depends on
       return np.load(path).astype(np.float32)
@@ -566,8 +565,6 @@ class ImageNetDataset:
         count += len(images)
     local = (total / max(count, 1)).astype(np.float32)
     if parts:
-      from jax.experimental import multihost_utils
-
       means, counts = multihost_utils.process_allgather((local, np.int32(count)))
       mean = combine_means(means, counts)
     else:
