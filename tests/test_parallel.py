@@ -38,20 +38,32 @@ def test_eight_devices_match_one_and_per_device_bn_matches_hand_reference():
 
 
 def test_resume_onto_a_different_device_count(fake_cifar10_dir, tmp_path):
+  """A checkpoint of 8 devices restores onto 1, and the step taken there is the step the run on 8 took.
+
+  One step is compared, not many: 1 and 8 devices sum in different orders, and training amplifies that rounding
+  step after step. Compared after 10 more steps, a first-layer weight differed by 0.0044 on a CPU with AVX512-FP16
+  (an rtol of 2e-2 failed there and had passed on earlier machines); after one step the difference is about 6e-7 of
+  the step (3e-8 of 0.05).
+  """
   args = tiny_cifar_args(fake_cifar10_dir, tmp_path / "r", steps=20)
   run_main(args + ["--config.num_steps=10"], env=EIGHT)
   saved = load_state(tmp_path / "r", 10)
-  out = run_main(args, env={"XLA_FLAGS": ""})  # 1 device now
+  out = run_main(args + ["--config.num_steps=11"], env={"XLA_FLAGS": ""})  # 1 device now
   assert "Resumed from" in out.stdout and "at step 10" in out.stdout
-  final = load_state(tmp_path / "r", 20)
-  assert int(final["step"]) == 20
-  moved = max(float(np.max(np.abs(a - b))) for a, b in zip(_leaves(final["params"]), _leaves(saved["params"])))
-  assert moved > 0  # it trained on from there
-  # and the first resumed step started from the saved state: the same run on 1 device throughout is close
-  run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "one", steps=20), env={"XLA_FLAGS": ""})
-  ref = load_state(tmp_path / "one", 20)
-  for a, b in zip(_leaves(final["params"]), _leaves(ref["params"])):
-    np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-3)
+  resumed = load_state(tmp_path / "r", 11)
+  assert int(resumed["step"]) == 11
+  # the run that never stopped, on 8 devices throughout
+  run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "eight", steps=20) + ["--config.num_steps=11"], env=EIGHT)
+  straight = load_state(tmp_path / "eight", 11)
+  for part in ("params", "batch_stats"):
+    step = _max_diff(straight[part], saved[part])
+    diff = _max_diff(resumed[part], straight[part])
+    # a state not restored (fresh init, zero momentum) or another batch moves the step by its own size
+    assert step > 0 and diff < 1e-3 * step, (part, diff, step)
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(x - y))) for x, y in zip(_leaves(a), _leaves(b)))
 
 
 def _leaves(tree):
