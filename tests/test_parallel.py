@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from tests.conftest import REPO, load_state, run_main, tiny_cifar_args
+from tests.mesh_equivalence import max_diff
 
 EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
 
@@ -56,20 +57,10 @@ def test_resume_onto_a_different_device_count(fake_cifar10_dir, tmp_path):
   run_main(tiny_cifar_args(fake_cifar10_dir, tmp_path / "eight", steps=20) + ["--config.num_steps=11"], env=EIGHT)
   straight = load_state(tmp_path / "eight", 11)
   for part in ("params", "batch_stats"):
-    step = _max_diff(straight[part], saved[part])
-    diff = _max_diff(resumed[part], straight[part])
+    step = max_diff(straight[part], saved[part])
+    diff = max_diff(resumed[part], straight[part])
     # a state not restored (fresh init, zero momentum) or another batch moves the step by its own size
     assert step > 0 and diff < 1e-3 * step, (part, diff, step)
-
-
-def _max_diff(a, b):
-  return max(float(np.max(np.abs(x - y))) for x, y in zip(_leaves(a), _leaves(b)))
-
-
-def _leaves(tree):
-  import jax
-
-  return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
 def test_two_process_pod_trains_checkpoints_is_killed_and_resumes(fake_cifar10_dir, tmp_path):
